@@ -1,0 +1,52 @@
+"""The Guidance interface: turns rendered images into a loss whose gradient is a velocity.
+
+Score distillation methods (SDS, VSD) do not have a loss in the usual sense; they produce a
+velocity ``v`` for the rendered image (Eq. 2). We express it as ``0.5 * ||x - sg(x - v)||²`` so
+autograd delivers exactly ``v`` to the render and on to θ through ∂g/∂θ.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from ra3d.cameras import Cameras
+
+
+@dataclass
+class GuidanceOutput:
+    """What a guidance step returns.
+
+    Attributes:
+        loss: scalar to back-propagate (sum of all terms below, already weighted).
+        terms: named scalar parts of ``loss`` (e.g. ``loss_vsd``, ``loss_lora``), for logging.
+        diagnostics: detached values for logging only (timestep, grad norm, …).
+    """
+
+    loss: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+
+class Guidance(nn.Module, ABC):
+    """A 2D prior that scores renders of a prompt from cameras ψ.
+
+    ``forward(rgb, cameras, prompt)`` takes ``rgb [B, H, W, 3]`` in [0, 1] with gradient attached
+    and returns a :class:`GuidanceOutput`. ``reference_rgb`` (same shape, no gradient) enables
+    delta distillation (Eq. 13) in guidances that support it.
+    """
+
+    @abstractmethod
+    def forward(
+        self,
+        rgb: Tensor,
+        cameras: Cameras,
+        prompt: str,
+        reference_rgb: Tensor | None = None,
+    ) -> GuidanceOutput:
+        """Score ``rgb`` rendered at ``cameras`` for ``prompt``."""
+
+    def update_step(self, epoch: int, global_step: int, max_steps: int) -> None:
+        """Called once per training step (time-step annealing)."""

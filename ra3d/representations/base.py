@@ -1,0 +1,84 @@
+"""The Representation interface: anything that renders images g(θ, ψ) from cameras ψ.
+
+This is the whole contract that guidance, the asset term (Eq. 11) and the metrics rely on. A
+retrieved mesh is a Representation too, so the asset velocity compares any two representations
+through the same cameras and renderer conventions (see :mod:`ra3d.cameras`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ra3d.cameras import Cameras
+
+
+@dataclass
+class RenderOutput:
+    """Images rendered for a batch of ``B`` cameras of size ``H x W``.
+
+    Attributes:
+        rgb: ``[B, H, W, 3]`` colour composited over the background, in [0, 1].
+        opacity: ``[B, H, W, 1]`` accumulated alpha (1 = surface hit).
+        depth: ``[B, H, W, 1]`` expected distance along the ray (0 where nothing was hit).
+        normal: ``[B, H, W, 3]`` world-space unit normals where defined, else ``None``.
+        extras: anything else a representation wants to expose (e.g. per-sample weights).
+    """
+
+    rgb: Tensor
+    opacity: Tensor
+    depth: Tensor
+    normal: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rgb.ndim != 4 or self.rgb.shape[-1] != 3:
+            raise ValueError(f"RenderOutput.rgb must be [B, H, W, 3], got {tuple(self.rgb.shape)}")
+        expected = (*self.rgb.shape[:3], 1)
+        for name in ("opacity", "depth"):
+            if tuple(getattr(self, name).shape) != expected:
+                raise ValueError(
+                    f"RenderOutput.{name} must be {list(expected)}, got "
+                    f"{tuple(getattr(self, name).shape)}"
+                )
+
+
+@dataclass
+class TriangleMesh:
+    """A triangle mesh in world space: ``vertices [V, 3]``, ``faces [F, 3]`` (int64), optional
+    per-vertex colours ``[V, 3]`` in [0, 1]."""
+
+    vertices: Tensor
+    faces: Tensor
+    vertex_colors: Tensor | None = None
+
+
+class Representation(nn.Module, ABC):
+    """A differentiable 3D representation θ with a renderer g(θ, ψ).
+
+    Subclasses implement :meth:`render`; they may override :meth:`regularizers` (loss terms that
+    depend only on θ and the render, e.g. sparsity), :meth:`update_step` (schedules such as the
+    occupancy grid) and :meth:`extract_mesh` (for the NeRF→DMTet hand-over and export).
+    """
+
+    @abstractmethod
+    def render(self, cameras: Cameras) -> RenderOutput:
+        """Render ``len(cameras)`` images at ``cameras.height x cameras.width``."""
+
+    def regularizers(self, output: RenderOutput) -> dict[str, Tensor]:
+        """Named, unweighted regularizer terms for this render (weights live in the system)."""
+        return {}
+
+    def update_step(self, epoch: int, global_step: int) -> None:
+        """Called once at the start of every training step (schedules, occupancy updates)."""
+
+    @torch.no_grad()
+    def extract_mesh(self, resolution: int = 128, threshold: float | None = None) -> TriangleMesh:
+        """A triangle mesh of the surface. Representations without a surface say so clearly."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot extract a mesh; use a representation with a surface "
+            "(NeRF, DMTet or a mesh asset)."
+        )
