@@ -152,6 +152,15 @@ class RandomCameraDataModule(pl.LightningDataModule):
         self.eval_fovy_deg = eval_fovy_deg
         self.n_val_views, self.n_test_views = n_val_views, n_test_views
 
+    def state_dict(self) -> dict[str, int]:
+        """Saved in checkpoints: the step to resume the camera stream from."""
+        trainer = self.trainer
+        return {"global_step": int(trainer.global_step) if trainer is not None else 0}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        # Lightning restores this before it starts iterating the training loader.
+        self.train_dataset.start_step = int(state_dict.get("global_step", 0))
+
     def orbit(self, n_views: int) -> Cameras:
         return orbit_cameras(
             n_views,

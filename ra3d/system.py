@@ -132,12 +132,6 @@ class RA3DSystem(pl.LightningModule):
             return batch.to(device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
-    def on_train_start(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        dataset = getattr(datamodule, "train_dataset", None)
-        if dataset is not None and hasattr(dataset, "start_step"):
-            dataset.start_step = self.global_step
-
     def _weight(self, name: str) -> float:
         return scheduled_value(self.loss_weights.get(name, 0.0), self.global_step)
 
@@ -158,7 +152,9 @@ class RA3DSystem(pl.LightningModule):
         for particle, out in zip(self.particles, outputs, strict=True):
             for name, value in particle.regularizers(out).items():
                 weight = self._weight(name)
-                logs[f"train/{name}"] = logs.get(f"train/{name}", 0.0) + float(value) / len(outputs)
+                logs[f"train/{name}"] = logs.get(f"train/{name}", 0.0) + float(
+                    value.detach()
+                ) / len(outputs)
                 if weight != 0.0:
                     loss = loss + weight * value / self.n_particles
         for name, value in guidance_out.terms.items():

@@ -1,0 +1,52 @@
+"""Small components for system/CLI tests (importable as ``tests.toys`` from YAML)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ra3d.cameras import Cameras
+from ra3d.guidance.base import Guidance, GuidanceOutput
+from ra3d.representations.base import RenderOutput, Representation
+
+
+class ColorField(Representation):
+    """A view-dependent colour field: rgb = sigmoid(A · ray_direction + b). Has randomness in
+    ``render`` during training (pixel jitter) so exact-resume tests are meaningful."""
+
+    def __init__(self, jitter: float = 0.1) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(3, 3) * 0.1)
+        self.encoding_bias = nn.Parameter(torch.randn(3) * 0.1)
+        self.jitter = jitter
+
+    def render(self, cameras: Cameras) -> RenderOutput:
+        _, dirs = cameras.rays()  # [B, H, W, 3]
+        if self.training:
+            dirs = dirs + self.jitter * torch.randn_like(dirs)
+        rgb = torch.sigmoid(dirs @ self.weight.T + self.encoding_bias)
+        ones = torch.ones_like(rgb[..., :1])
+        return RenderOutput(rgb=rgb, opacity=ones, depth=ones)
+
+    def regularizers(self, output: RenderOutput) -> dict[str, Tensor]:
+        return {"sparsity": output.rgb.mean()}
+
+
+class NoisyTargetGuidance(Guidance):
+    """Pulls renders towards a grey target plus fresh noise each call; holds a frozen 'prior'
+    weight (like a diffusion UNet) and a trainable adapter."""
+
+    def __init__(self, target: float = 0.3) -> None:
+        super().__init__()
+        self.target = target
+        self.prior_weight = nn.Parameter(torch.randn(64), requires_grad=False)
+        self.register_buffer("prior_buffer", torch.arange(4.0))
+        self.adapter = nn.Parameter(torch.zeros(1))
+
+    def trainable_parameter_groups(self) -> list[dict]:
+        return [{"params": [self.adapter], "lr": 1e-2, "name": "adapter"}]
+
+    def forward(self, rgb, cameras, prompt, reference_rgb=None) -> GuidanceOutput:
+        noisy_target = self.target + 0.05 * torch.randn_like(rgb) + self.adapter
+        loss = ((rgb - noisy_target.detach()) ** 2).mean() + (self.adapter - 0.1).pow(2).sum()
+        return GuidanceOutput(loss=loss, terms={"loss_toy": loss.detach()})
