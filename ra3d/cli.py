@@ -87,10 +87,7 @@ def run_lightning(argv: list[str]) -> int:
             RandomCameraDataModule,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={
-                "default_root_dir": "outputs",
-                "callbacks": [FinalCheckpoint()],
-            },
+            trainer_defaults={"default_root_dir": "outputs"},
         )
     finally:
         sys.argv = saved_argv

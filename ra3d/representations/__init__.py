@@ -2,4 +2,4 @@
 
 from ra3d.representations.base import Representation, RenderOutput, TriangleMesh
 
-__all__ = ["Representation", "RenderOutput", "TriangleMesh"]
+__all__ = ["RenderOutput", "Representation", "TriangleMesh"]
