@@ -1,0 +1,170 @@
+"""``ra3d db``: inspect an asset database or import assets into one.
+
+    ra3d db info [--db PATH]
+    ra3d db import folder PATH --captions CSV --db OUT [--license L] [--attribution A]
+    ra3d db import sh3f FILE --db OUT
+    ra3d db import objaverse --cap3d CSV (--uids FILE | --limit N) --db OUT
+
+User errors print one ``ra3d db: error: ...`` line and return a non-zero status; skipped meshes
+are listed as warnings on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from ra3d.errors import Ra3dError
+from ra3d.retrieval.database import AssetDatabase, default_database
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so main_db can return a status code."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{message}\n\n{self.format_usage().strip()}")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog="ra3d db", description="Inspect or import 3D asset databases.")
+    sub = parser.add_subparsers(
+        dest="command", metavar="{info,import}", parser_class=_ArgumentParser
+    )
+    info = sub.add_parser("info", help="summary of a database (count, sources, licences, cache)")
+    info.add_argument(
+        "--db", type=Path, default=None, help="database folder (default: $RA3D_DATABASE or builtin)"
+    )
+    imp = sub.add_parser("import", help="import assets into a database (created if missing)")
+    kinds = imp.add_subparsers(
+        dest="kind", metavar="{folder,sh3f,objaverse}", parser_class=_ArgumentParser
+    )
+
+    folder = kinds.add_parser("folder", help="a folder of meshes with a captions CSV")
+    folder.add_argument("path", type=Path, help="folder holding the meshes")
+    folder.add_argument("--captions", type=Path, required=True, help="CSV: path,caption[,...]")
+    folder.add_argument("--db", type=Path, required=True, help="database folder to import into")
+    folder.add_argument("--license", default="unknown", help="licence of rows without one")
+    folder.add_argument("--attribution", default="", help="attribution of rows without one")
+    folder.add_argument("--source", default=None, help="source label (default folder:<name>)")
+
+    sh3f = kinds.add_parser("sh3f", help="a Sweet Home 3D furniture catalog (.sh3f)")
+    sh3f.add_argument("file", type=Path)
+    sh3f.add_argument("--db", type=Path, required=True)
+
+    obj = kinds.add_parser("objaverse", help="Objaverse objects with Cap3D captions (network)")
+    obj.add_argument("--cap3d", type=Path, required=True, help="Cap3D captions CSV (uid,caption)")
+    pick = obj.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--uids", type=Path, help="text file with one Objaverse uid per line")
+    pick.add_argument("--limit", type=int, help="import the first N captioned uids of the CSV")
+    obj.add_argument("--db", type=Path, required=True)
+    obj.add_argument("--processes", type=int, default=1, help="parallel download processes")
+    obj.add_argument(
+        "--license",
+        action="append",
+        default=None,
+        help="only import objects under this licence (repeatable, e.g. CC0-1.0, CC-BY)",
+    )
+    return parser
+
+
+def _format_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} ({v})" for k, v in counts.items()) or "-"
+
+
+def _info(db_path: Path | None) -> int:
+    db = AssetDatabase.open(db_path) if db_path is not None else default_database()
+    s = db.summary()
+    print(f"database:   {s['root']}")
+    print(f"assets:     {s['assets']}")
+    print(f"manifest:   sha256 {s['manifest_hash'][:16]}")
+    print(f"sources:    {_format_counts(s['sources'])}")
+    print(f"licences:   {_format_counts(s['licenses'])}")
+    print(f"categories: {_format_counts(s['categories'])}")
+    if s["missing_meshes"]:
+        print(f"missing:    {len(s['missing_meshes'])} mesh file(s): {s['missing_meshes'][:5]}")
+    if s["cache_dir"]:
+        size_mb = s["cache_bytes"] / 2**20
+        print(f"cache:      {s['cache_dir']} ({s['cache_files']} files, {size_mb:.1f} MiB)")
+    else:
+        print("cache:      empty (embeddings are computed on first retrieval)")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from ra3d.retrieval import importers
+
+    if args.kind == "folder":
+        result = importers.import_folder(
+            args.path,
+            args.captions,
+            args.db,
+            source=args.source,
+            license=args.license,
+            attribution=args.attribution,
+        )
+    elif args.kind == "sh3f":
+        result = importers.import_sh3f(args.file, args.db)
+    else:
+        uids = None
+        if args.uids is not None:
+            if not args.uids.is_file():
+                raise _UsageError(f"uid list {args.uids} does not exist")
+            uids = [ln.strip() for ln in args.uids.read_text().splitlines() if ln.strip()]
+        if args.limit is not None and args.limit <= 0:
+            raise _UsageError("--limit must be a positive number of objects")
+        result = importers.import_objaverse(
+            args.db,
+            cap3d_csv=args.cap3d,
+            uids=uids,
+            limit=args.limit,
+            download_processes=args.processes,
+            allowed_licenses=args.license,
+        )
+    db = result.database
+    print(
+        f"imported {len(result.imported)} asset(s), skipped {len(result.skipped)}; "
+        f"{db.root} now holds {len(db)} asset(s)"
+    )
+    return 0 if result.imported or not result.skipped else 1
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"ra3d db: warning: {message}", file=sys.stderr)
+
+
+def main_db(argv: Sequence[str]) -> int:
+    """Entry point of ``ra3d db``; returns the process exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv))
+        if args.command is None:
+            parser.print_help()
+            return 2
+        if args.command == "import" and args.kind is None:
+            raise _UsageError("say what to import: ra3d db import {folder,sh3f,objaverse} ...")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = _show_warning
+            if args.command == "info":
+                return _info(args.db)
+            return _import(args)
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
+    except _UsageError as err:
+        print(f"ra3d db: error: {err}", file=sys.stderr)
+        return 2
+    except (Ra3dError, FileNotFoundError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"ra3d db: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main_db(sys.argv[1:]))

@@ -1,0 +1,1004 @@
+"""Fill an AssetDatabase from a folder of meshes + captions CSV, a Sweet Home 3D ``.sh3f``
+catalog, or Objaverse objects captioned by Cap3D.
+
+All importers share one contract:
+
+* they write through ``ImportTransaction``: files are staged next to the database and merged
+  in by one atomic manifest swap, so an import that fails or is interrupted half-way leaves the
+  previous database exactly as it was;
+* each mesh is validated (default: ``ra3d.representations.mesh.load_mesh``) after it is staged
+  with its materials and textures; broken or unreadable meshes are skipped and listed in one
+  ``AssetImportWarning`` - they never abort an import;
+* every record keeps source, licence and attribution.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import logging
+import posixpath
+import re
+import shutil
+import stat
+import urllib.parse
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ra3d.retrieval.database import (
+    AssetDatabase,
+    AssetRecord,
+    DatabaseError,
+    DatabaseNotFoundError,
+    ImportTransaction,
+    safe_relative_path,
+    slugify_uid,
+    validate_uid,
+)
+
+logger = logging.getLogger("ra3d.retrieval.importers")
+
+MESH_SUFFIXES = frozenset({".obj", ".glb", ".gltf", ".ply", ".stl", ".off"})
+MeshValidator = Callable[[Path], Any]
+
+
+class AssetImportWarning(UserWarning):
+    """Some inputs were skipped during an import (broken mesh, missing caption, ...)."""
+
+
+class UnsafeArchiveError(DatabaseError):
+    """An archive member's path is absolute or climbs out with ``..`` (zip-slip)."""
+
+
+@dataclass
+class ImportResult:
+    """What an import did: the merged database, the uids added, and what was skipped (why)."""
+
+    database: AssetDatabase
+    imported: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# validation and reporting
+
+
+def _default_validate(path: Path) -> Any:
+    """Load the mesh as retrieval will (small textures: only readability matters here)."""
+    from ra3d.representations.mesh import load_mesh
+
+    return load_mesh(path, max_texture_size=64)
+
+
+def _broken_mesh_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "this mesh is unreadable" (skip it) rather than a bug (abort)."""
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError)
+    try:
+        from ra3d.representations.mesh import MeshLoadError
+    except ImportError:
+        return errors
+    return (MeshLoadError, *errors)
+
+
+def _check_mesh(validate: MeshValidator, path: Path) -> str | None:
+    """None when ``validate(path)`` accepts the mesh, else a one-line reason."""
+    # The loader logs every mesh at INFO; for thousands of validation loads that is noise.
+    mesh_logger = logging.getLogger("ra3d.representations.mesh")
+    level = mesh_logger.level
+    mesh_logger.setLevel(max(level, logging.WARNING))
+    try:
+        validate(path)
+    except _broken_mesh_errors() as err:
+        # Name the file, not its temporary staging location.
+        text = f"{type(err).__name__}: {err}".replace(str(path), path.name)
+        return text.splitlines()[0][:200]
+    finally:
+        mesh_logger.setLevel(level)
+    return None
+
+
+def _warn_skipped(skipped: Sequence[tuple[str, str]], what: str) -> None:
+    if not skipped:
+        return
+    listing = "; ".join(f"{name} ({reason})" for name, reason in skipped)
+    message = f"{what}: skipped {len(skipped)} item(s): {listing}"
+    logger.warning(message)
+    warnings.warn(message, AssetImportWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------------------------
+# mesh dependencies (materials, textures, buffers)
+
+_MTL_MAP_KEYS = ("map_", "bump", "disp", "decal", "refl", "norm")
+
+
+def _reference_candidates(rest: str) -> list[str]:
+    """File names a material/mtllib statement may mean: the whole rest, then without options.
+
+    Statements like ``map_Kd -s 1 1 1 wood grain.jpg`` mix options and names with spaces, so
+    we try the longest suffixes of the token list first.
+    """
+    tokens = rest.split()
+    return [" ".join(tokens[i:]) for i in range(len(tokens))]
+
+
+def _resolve_reference(
+    base_dir: PurePosixPath, ref: str, exists: Callable[[PurePosixPath], bool]
+) -> PurePosixPath | None:
+    """The path of referenced file ``ref`` relative to the root, or None when it cannot be found.
+
+    Relative references resolve against ``base_dir``; absolute ones (``C:/Users/x/wood.jpg``,
+    common in exported OBJ/MTL files) fall back to their file name in ``base_dir``.
+    """
+    ref = ref.strip().strip('"').replace("\\", "/")
+    if not ref:
+        return None
+    if not (ref.startswith("/") or re.match(r"^[A-Za-z]:", ref)):
+        candidate = PurePosixPath(posixpath.normpath((base_dir / ref).as_posix()))
+        if not candidate.as_posix().startswith("..") and exists(candidate):
+            return candidate
+    by_name = base_dir / PurePosixPath(ref).name
+    return by_name if exists(by_name) else None
+
+
+def mesh_dependencies(
+    mesh: PurePosixPath,
+    read_text: Callable[[PurePosixPath], str],
+    exists: Callable[[PurePosixPath], bool],
+) -> list[PurePosixPath]:
+    """Files ``mesh`` needs besides itself: OBJ → MTL → textures, glTF → buffers and images.
+
+    Works on any tree through ``read_text``/``exists`` (a folder or a zip archive). Paths are
+    relative to the same root as ``mesh``; unresolvable references are simply not listed (the
+    validator decides whether the mesh is still usable).
+    """
+    base = mesh.parent
+    deps: list[PurePosixPath] = []
+
+    def add(path: PurePosixPath | None) -> None:
+        if path is not None and path != mesh and path not in deps:
+            deps.append(path)
+
+    suffix = mesh.suffix.lower()
+    if suffix == ".obj":
+        for line in read_text(mesh).splitlines():
+            if line.startswith("mtllib"):
+                for cand in _reference_candidates(line[6:]):
+                    found = _resolve_reference(base, cand, exists)
+                    if found is not None:
+                        add(found)
+                        break
+        for mtl in [d for d in deps if d.suffix.lower() == ".mtl"]:
+            for line in read_text(mtl).splitlines():
+                key, _, rest = line.strip().partition(" ")
+                if not key.lower().startswith(_MTL_MAP_KEYS) or not rest.strip():
+                    continue
+                for cand in _reference_candidates(rest):
+                    found = _resolve_reference(mtl.parent, cand, exists)
+                    if found is not None:
+                        add(found)
+                        break
+    elif suffix == ".gltf":
+        try:
+            doc = json.loads(read_text(mesh))
+        except json.JSONDecodeError:
+            return deps
+        for item in [*doc.get("buffers", []), *doc.get("images", [])]:
+            uri = item.get("uri") if isinstance(item, dict) else None
+            if isinstance(uri, str) and not uri.startswith("data:"):
+                add(_resolve_reference(base, urllib.parse.unquote(uri), exists))
+    return deps
+
+
+def _common_parent(paths: Iterable[PurePosixPath]) -> PurePosixPath:
+    parts_list = [p.parent.parts for p in paths]
+    common: list[str] = []
+    for level in zip(*parts_list, strict=False):
+        if all(x == level[0] for x in level):
+            common.append(level[0])
+        else:
+            break
+    return PurePosixPath(*common) if common else PurePosixPath(".")
+
+
+def _relative_to(path: PurePosixPath, root: PurePosixPath) -> PurePosixPath:
+    return path if root == PurePosixPath(".") else path.relative_to(root)
+
+
+# --------------------------------------------------------------------------------------------
+# folder + captions CSV
+
+_PATH_COLUMNS = ("path", "file", "mesh", "mesh_path", "filename", "uid")
+
+
+@dataclass
+class _CaptionRow:
+    ref: str
+    caption: str
+    extra: dict[str, str]
+    line: int
+
+
+def _read_captions_csv(path: Path) -> list[_CaptionRow]:
+    """Rows of a captions CSV: with a header (``path``/``uid`` + ``caption`` columns, optional
+    ``uid, license, attribution, source, category, tags, title, url``) or without one
+    (``path_or_uid,caption``, the Cap3D layout)."""
+    if not path.is_file():
+        raise DatabaseNotFoundError(f"captions CSV {path} does not exist")
+    text = path.read_text(encoding="utf-8-sig")
+    rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+    if not rows:
+        raise DatabaseError(f"captions CSV {path} is empty; expected rows 'path,caption'")
+    header = [c.strip().lower() for c in rows[0]]
+    out: list[_CaptionRow] = []
+    if "caption" in header:
+        ref_col = next((header.index(c) for c in _PATH_COLUMNS if c in header), None)
+        if ref_col is None:
+            raise DatabaseError(
+                f"captions CSV {path} has a header without a path column; name one of "
+                f"{list(_PATH_COLUMNS)}"
+            )
+        cap_col = header.index("caption")
+        for lineno, row in enumerate(rows[1:], start=2):
+            cells = row + [""] * (len(header) - len(row))
+            extra = {h: cells[i].strip() for i, h in enumerate(header) if i not in (ref_col,)}
+            out.append(_CaptionRow(cells[ref_col].strip(), cells[cap_col].strip(), extra, lineno))
+    else:
+        for lineno, row in enumerate(rows, start=1):
+            if len(row) < 2:
+                raise DatabaseError(
+                    f"captions CSV {path}, line {lineno}: expected 'path_or_uid,caption', "
+                    f"got {row!r}"
+                )
+            # Unquoted commas inside a caption split it into more cells: join them back.
+            out.append(_CaptionRow(row[0].strip(), ",".join(row[1:]).strip(), {}, lineno))
+    return out
+
+
+def _find_mesh(folder: Path, ref: str, by_stem: Mapping[str, list[Path]]) -> Path | None:
+    """The mesh a CSV row means: a relative path inside ``folder``, or a bare uid/stem."""
+    try:
+        rel = safe_relative_path(ref, what="mesh path")
+    except DatabaseError:
+        return None
+    direct = folder / rel
+    if direct.is_file():
+        return direct
+    matches = by_stem.get(ref, [])
+    return matches[0] if len(matches) == 1 else None
+
+
+def import_folder(
+    folder: str | Path,
+    captions_csv: str | Path,
+    out_root: str | Path,
+    validate: MeshValidator | None = None,
+    *,
+    source: str | None = None,
+    license: str = "unknown",
+    attribution: str = "",
+) -> ImportResult:
+    """Import the meshes a captions CSV lists from ``folder`` into the database at ``out_root``.
+
+    Each row names a mesh (path relative to ``folder``, or a bare uid matching a file stem) and
+    its caption. A mesh is copied with the files it references (MTL, textures, glTF buffers),
+    keeping their relative layout. Rows whose mesh is missing or fails ``validate``, and mesh
+    files no row mentions, are skipped and reported in one warning. ``license``/``attribution``
+    are defaults for rows whose CSV has no such column.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DatabaseNotFoundError(f"mesh folder {folder} does not exist or is not a folder")
+    rows = _read_captions_csv(Path(captions_csv).expanduser())
+    validate = validate or _default_validate
+    source = source or f"folder:{folder.resolve().name}"
+    all_meshes = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in MESH_SUFFIXES
+    )
+    by_stem: dict[str, list[Path]] = {}
+    for p in all_meshes:
+        by_stem.setdefault(p.stem, []).append(p)
+
+    def exists(rel: PurePosixPath) -> bool:
+        return (folder / rel).is_file()
+
+    def read_text(rel: PurePosixPath) -> str:
+        return (folder / rel).read_text(encoding="utf-8", errors="replace")
+
+    skipped: list[tuple[str, str]] = []
+    imported: list[str] = []
+    used: set[Path] = set()
+    seen_uids: set[str] = set()
+    with ImportTransaction(out_root) as tx:
+        for row in rows:
+            label = f"{row.ref} (line {row.line})"
+            mesh = _find_mesh(folder, row.ref, by_stem)
+            if mesh is None:
+                skipped.append((label, "mesh file not found in the folder"))
+                continue
+            used.add(mesh)
+            if not row.caption:
+                skipped.append((label, "empty caption"))
+                continue
+            rel_mesh = PurePosixPath(mesh.relative_to(folder).as_posix())
+            uid_text = row.extra.get("uid") or rel_mesh.with_suffix("").as_posix()
+            uid = validate_uid(slugify_uid(uid_text))
+            if uid in seen_uids:
+                raise DatabaseError(
+                    f"captions CSV line {row.line}: uid {uid!r} is used twice; give the rows "
+                    "distinct 'uid' values"
+                )
+            seen_uids.add(uid)
+            deps = mesh_dependencies(rel_mesh, read_text, exists)
+            root = _common_parent([rel_mesh, *deps])
+            target = tx.new_asset_dir(uid)
+            used.update(folder / d for d in deps)
+            for rel in [rel_mesh, *deps]:
+                dest = target / _relative_to(rel, root)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(folder / rel, dest)
+            staged_mesh = _relative_to(rel_mesh, root)
+            reason = _check_mesh(validate, target / staged_mesh)
+            if reason is not None:
+                tx.discard(uid)
+                skipped.append((label, reason))
+                continue
+            tags = [t.strip() for t in re.split(r"[;|]", row.extra.get("tags", "")) if t.strip()]
+            tx.add(
+                AssetRecord(
+                    uid=uid,
+                    caption=row.caption,
+                    mesh_path=staged_mesh.as_posix(),
+                    source=row.extra.get("source") or source,
+                    license=row.extra.get("license") or license,
+                    attribution=row.extra.get("attribution") or attribution,
+                    category=row.extra.get("category", ""),
+                    tags=tags,
+                    title=row.extra.get("title", ""),
+                    url=row.extra.get("url", ""),
+                )
+            )
+            imported.append(uid)
+        for mesh in all_meshes:
+            if mesh not in used:
+                skipped.append((mesh.relative_to(folder).as_posix(), "no caption in the CSV"))
+    _warn_skipped(skipped, f"import of {folder}")
+    assert tx.database is not None
+    return ImportResult(tx.database, imported, skipped)
+
+
+# --------------------------------------------------------------------------------------------
+# Sweet Home 3D .sh3f catalogs
+
+
+def parse_java_properties(text: str) -> dict[str, str]:
+    """Parse a Java ``.properties`` document (the format of SH3D catalogs).
+
+    Handles comments (``#``/``!``), ``=``/``:``/whitespace separators, backslash line
+    continuations and escapes including ``\\uXXXX``.
+    """
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.lstrip()
+        if not pending and (not line or line[0] in "#!"):
+            continue
+        trailing = len(line) - len(line.rstrip("\\"))
+        if trailing % 2 == 1:
+            pending += line[:-1]
+            continue
+        logical.append(pending + line)
+        pending = ""
+    if pending:
+        logical.append(pending)
+    escapes = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+    def unescape(s: str) -> str:
+        out, i = [], 0
+        while i < len(s):
+            c = s[i]
+            if c == "\\" and i + 1 < len(s):
+                n = s[i + 1]
+                if n == "u" and re.match(r"[0-9a-fA-F]{4}", s[i + 2 : i + 6]):
+                    out.append(chr(int(s[i + 2 : i + 6], 16)))
+                    i += 6
+                    continue
+                out.append(escapes.get(n, n))
+                i += 2
+                continue
+            out.append(c)
+            i += 1
+        return "".join(out)
+
+    props: dict[str, str] = {}
+    for line in logical:
+        i = 0
+        while i < len(line):
+            if line[i] == "\\":
+                i += 2
+                continue
+            if line[i] in "=: \t\f":
+                break
+            i += 1
+        key = line[:i]
+        rest = line[i:].lstrip(" \t\f")
+        if rest and rest[0] in "=:":
+            rest = rest[1:].lstrip(" \t\f")
+        props[unescape(key)] = unescape(rest)
+    return props
+
+
+_LICENSE_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"creative commons zero|\bcc-?0\b|publicdomain/zero", "CC0-1.0"),
+    (r"attribution[- ]non-?commercial[- ]share-?alike|by-nc-sa", "CC-BY-NC-SA"),
+    (r"attribution[- ]non-?commercial|by-nc\b", "CC-BY-NC"),
+    (r"attribution[- ]share-?alike|by-sa", "CC-BY-SA"),
+    (r"attribution[- ]no-?deriv|by-nd", "CC-BY-ND"),
+    (r"creative commons attribution|\bcc[- ]by\b", "CC-BY"),
+)
+
+
+def normalise_license(text: str) -> str:
+    """An SPDX-like identifier for a free-text licence statement (``CC0-1.0``, ``CC-BY-3.0``...);
+    the stripped text itself when it is not recognised."""
+    low = text.lower()
+    for pattern, ident in _LICENSE_PATTERNS:
+        if re.search(pattern, low):
+            if ident == "CC0-1.0":
+                return ident
+            version = re.search(r"\b([1-4]\.0)\b", low)
+            return f"{ident}-{version.group(1)}" if version else ident
+    return text.strip()
+
+
+@dataclass
+class BlendSwapLicense:
+    """What a Blend Swap licence file (kept in each SH3D model folder) says about the work."""
+
+    title: str
+    author: str
+    license: str
+    url: str
+
+
+def parse_blendswap_license(text: str) -> BlendSwapLicense | None:
+    """Read title, author, licence and URL from a Blend Swap ``LICENSE.txt``/``.html``.
+
+    Three layouts exist (2013 text, 2014 and 2016 HTML). Returns None when no licence statement
+    is found, so callers fall back to the catalog's licence.
+    """
+    is_html = "<html" in text[:500].lower() or "<title>" in text.lower()
+    title = author = url = lic = ""
+    if is_html:
+        m = re.search(r"<title>(.*?)</title>", text, re.S | re.I)
+        head = html.unescape(m.group(1)).strip() if m else ""
+        m1 = re.match(r"(?P<t>.*) by (?P<a>.*?) - \d+ - Creative Commons License$", head)
+        m2 = re.match(r"\d+ - (?P<t>.*) - Downloaded from Blend Swap$", head)
+        if m1:
+            title, author = m1.group("t"), m1.group("a")
+        elif m2:
+            title = m2.group("t")
+        plain = html.unescape(re.sub(r"<[^>]+>", " ", text))
+        plain = re.sub(r"\s+", " ", plain)
+        if not title:
+            m = re.search(r"Blend #\d+: (.*?) (?:Released under|This file)", plain)
+            title = m.group(1).strip() if m else ""
+        m = re.search(
+            r"(?:Released under|under the following license:) (Creative Commons .*?(?:\)|\d\.\d))",
+            plain,
+        )
+        lic = m.group(1) if m else ""
+    else:
+        m = re.search(r'Thank you for downloading "(.*?)" by (.+)', text)
+        if m:
+            title, author = m.group(1).strip(), m.group(2).strip()
+        m = re.search(r"(?:Released under|released under)\s*\n\s*([^\n]+)", text)
+        lic = m.group(1).strip() if m else ""
+    m = re.search(r"https?://www\.blendswap\.com/blends/view/\d+", text)
+    url = m.group(0) if m else ""
+    if not lic:
+        return None
+    return BlendSwapLicense(title=title, author=author, license=normalise_license(lic), url=url)
+
+
+@dataclass
+class Sh3fPiece:
+    """One furniture piece of an SH3D catalog, with what the archive says about its licence."""
+
+    index: int
+    key: str  # the piece id after '#', e.g. "teddyBear"
+    uid: str
+    name: str
+    category: str
+    tags: list[str]
+    creator: str
+    model: PurePosixPath  # path of the model file inside the archive
+    multipart: bool
+    rotation: list[float] | None  # row-major 3x3 ``modelRotation``
+    license: str
+    license_origin: str  # "piece", "model licence file" or "catalog"
+    title: str = ""
+    url: str = ""
+    author: str = ""
+    model_files: list[PurePosixPath] = field(default_factory=list)
+    size_bytes: int = 0  # uncompressed size of model_files
+
+
+@dataclass
+class Sh3fCatalog:
+    path: Path
+    catalog_id: str
+    name: str
+    provider: str
+    license: str
+    pieces: list[Sh3fPiece]
+    common_tags: set[str]
+
+
+def check_archive_members(names: Iterable[str], archive: str | Path) -> None:
+    """Raise UnsafeArchiveError when any member path is absolute or contains ``..``."""
+    bad = []
+    for name in names:
+        try:
+            safe_relative_path(name, what="member")
+        except DatabaseError:
+            bad.append(name)
+    if bad:
+        raise UnsafeArchiveError(
+            f"refusing archive {archive}: {len(bad)} member path(s) would escape the "
+            f"extraction folder (absolute or with '..'): {bad[:5]}. Nothing was imported; "
+            "only use catalogs from trusted sources"
+        )
+
+
+def _zip_entry_is_symlink(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def _model_files(
+    model: PurePosixPath, multipart: bool, names: Sequence[PurePosixPath], zf: zipfile.ZipFile
+) -> list[PurePosixPath]:
+    if multipart:
+        prefix = model.parent
+        return [n for n in names if n.parent == prefix or prefix in n.parents]
+    name_set = set(names)
+
+    def read_text(p: PurePosixPath) -> str:
+        return zf.read(p.as_posix()).decode("utf-8", errors="replace")
+
+    return [model, *mesh_dependencies(model, read_text, lambda p: p in name_set)]
+
+
+def read_sh3f_catalog(path: str | Path) -> Sh3fCatalog:
+    """Parse an SH3D ``.sh3f`` furniture library (a zip with ``PluginFurnitureCatalog.properties``).
+
+    Rejects the whole archive (UnsafeArchiveError) if any member path escapes it, before
+    anything is written. Licences come, in order of trust, from the piece's ``license#N``
+    property, a Blend Swap licence file in its model folder, then the catalog's ``license``.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatabaseNotFoundError(f"Sweet Home 3D catalog {path} does not exist")
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise DatabaseError(
+            f"{path} is not a Sweet Home 3D .sh3f catalog (not a zip file)"
+        ) from None
+    with zf:
+        infos = zf.infolist()
+        check_archive_members([i.filename for i in infos], path)
+        files = [
+            PurePosixPath(safe_relative_path(i.filename).as_posix())
+            for i in infos
+            if not i.is_dir() and not _zip_entry_is_symlink(i)
+        ]
+        sizes = {
+            PurePosixPath(safe_relative_path(i.filename).as_posix()): i.file_size
+            for i in infos
+            if not i.is_dir()
+        }
+        if PurePosixPath("PluginFurnitureCatalog.properties") not in files:
+            raise DatabaseError(
+                f"{path} has no PluginFurnitureCatalog.properties, so it is not a Sweet Home 3D "
+                "furniture catalog"
+            )
+        props = parse_java_properties(
+            zf.read("PluginFurnitureCatalog.properties").decode("latin-1")
+        )
+        catalog_id = props.get("id", "") or path.stem
+        cat_license = props.get("license", "")
+        indices = sorted(
+            {int(m.group(1)) for k in props if (m := re.match(r"^name#(\d+)$", k)) is not None}
+        )
+        pieces: list[Sh3fPiece] = []
+        all_tags: list[set[str]] = []
+        for n in indices:
+
+            def get(key: str, n: int = n) -> str:
+                return props.get(f"{key}#{n}", "").strip()
+
+            model_ref = get("model")
+            if not model_ref:
+                continue
+            if re.match(r"^[a-z][a-z0-9+.-]*:", model_ref, re.I):
+                logger.info("piece %d: model %r is a URL, not inside the archive", n, model_ref)
+                continue
+            try:
+                model = PurePosixPath(
+                    safe_relative_path(model_ref.lstrip("/"), what=f"model#{n}").as_posix()
+                )
+            except DatabaseError as err:
+                raise UnsafeArchiveError(f"refusing archive {path}: {err}") from None
+            piece_id = get("id")
+            key = piece_id.split("#", 1)[-1] if piece_id else f"{n}"
+            # Lower-case so that uids (folder names) never collide on case-insensitive disks.
+            uid = slugify_uid(piece_id or f"{catalog_id}-{n}").lower()
+            tags = [t.strip() for t in get("tags").split(",") if t.strip()]
+            all_tags.append({t.lower() for t in tags})
+            rotation = None
+            if get("modelRotation"):
+                try:
+                    rotation = [float(x) for x in get("modelRotation").split()]
+                except ValueError:
+                    rotation = None
+                if rotation is not None and len(rotation) != 9:
+                    rotation = None
+            multipart = get("multiPartModel").lower() == "true"
+            model_files = _model_files(model, multipart, files, zf) if model in files else []
+            lic, origin, info = get("license"), "piece", None
+            if not lic:
+                for f in (f for f in files if f.parent == model.parent):
+                    if "licen" in f.name.lower():
+                        info = parse_blendswap_license(
+                            zf.read(f.as_posix()).decode("utf-8", errors="replace")
+                        )
+                        if info is not None:
+                            break
+                if info is not None:
+                    lic, origin = info.license, "model licence file"
+                else:
+                    lic, origin = normalise_license(cat_license) or "unknown", "catalog"
+            else:
+                lic = normalise_license(lic)
+            piece = Sh3fPiece(
+                index=n,
+                key=key,
+                uid=uid,
+                name=get("name"),
+                category=get("category"),
+                tags=tags,
+                creator=get("creator"),
+                model=model,
+                multipart=multipart,
+                rotation=rotation,
+                license=lic,
+                license_origin=origin,
+                title=info.title if info else "",
+                url=info.url if info else "",
+                author=info.author if info else "",
+                model_files=model_files,
+                size_bytes=sum(sizes.get(f, 0) for f in model_files),
+            )
+            pieces.append(piece)
+        common = set.intersection(*all_tags) if len(all_tags) > 1 else set()
+        return Sh3fCatalog(
+            path=path,
+            catalog_id=catalog_id,
+            name=props.get("name", path.stem),
+            provider=props.get("provider", ""),
+            license=cat_license,
+            pieces=pieces,
+            common_tags=common,
+        )
+
+
+def _with_article(phrase: str) -> str:
+    """``"a chair"``, ``"an oven"``, ``"a urinal"``; plural names (``"scissors"``) get none."""
+    last = phrase.split()[-1] if phrase.split() else phrase
+    if last.endswith("s") and not last.endswith(("ss", "us", "is")):
+        return phrase
+    article = "an" if re.match(r"[aeio]|u(?![nr][aeiou]|s|ni)", phrase.lower()) else "a"
+    return f"{article} {phrase}"
+
+
+def _words(text: str) -> set[str]:
+    return {w.rstrip("s") for w in re.findall(r"[a-z]{3,}", text.lower())}
+
+
+_TITLE_JARGON = re.compile(r"\b(?:cycles|ready|low[- ]?poly|blender|blend|model only)\b", re.I)
+
+
+def clean_title(title: str) -> str:
+    """A work title without version stamps, parenthesised notes and Blender jargon
+    ("Modern Bed v5.9.2015 (MODEL ONLY)" → "modern bed", "Scissors Cycles Ready" → "scissors")."""
+    text = re.sub(r"\([^)]*\)", " ", title)
+    text = re.sub(r"\bv?\d+(?:\.\d+)+\b|\bv\d+\b", " ", text)
+    text = _TITLE_JARGON.sub(" ", text).replace("_", " ")
+    return re.sub(r"\s+", " ", text).strip(" -_").lower()
+
+
+def sh3f_caption(piece: Sh3fPiece, common_tags: AbstractSet[str] = frozenset()) -> str:
+    """Deterministic caption from the catalog's name, tags, category and the work's title.
+
+    Template: ``"<a|an> <name>[ (<title>)][, <tag>, ...]; category: <category>"``. The title is
+    only used when it shares a word with the name or tags (titles often name a whole pack) and
+    adds at least one word; tags that every piece of the catalog has (e.g. "Blend Swap") and
+    tags already in the name are left out. No word is invented.
+    """
+    name = piece.name.strip().lower() or piece.key.lower()
+    caption = _with_article(name)
+    title = clean_title(piece.title)
+    name_words = _words(name)
+    tag_words = set().union(*(_words(t) for t in piece.tags)) if piece.tags else set()
+    title_words = _words(title)
+    if title_words & (name_words | tag_words) and title_words - name_words:
+        caption += f" ({title})"
+    extra = [
+        t.lower()
+        for t in piece.tags
+        if t.lower() not in common_tags and not _words(t) <= name_words | _words(title)
+    ]
+    if extra:
+        caption += ", " + ", ".join(dict.fromkeys(extra))
+    if piece.category:
+        caption += f"; category: {piece.category.lower()}"
+    return caption
+
+
+def sh3f_attribution(piece: Sh3fPiece, catalog: Sh3fCatalog) -> str:
+    """Credit line: work title, author(s), URL, licence and the catalog it came through."""
+    authors = piece.creator or piece.author or "unknown author"
+    work = f'"{piece.title}"' if piece.title else piece.name
+    parts = [f"{work} by {authors}"]
+    if piece.url:
+        parts.append(piece.url)
+    parts.append(piece.license)
+    via = f'Sweet Home 3D catalog "{catalog.name}"'
+    if catalog.provider:
+        via += f" ({catalog.provider})"
+    parts.append(f"via {via}")
+    return ", ".join(parts)
+
+
+def _rotate_obj(data: bytes, m: Sequence[float]) -> bytes:
+    """Apply the row-major 3x3 ``modelRotation`` of SH3D to the ``v`` and ``vn`` lines of an OBJ,
+    so the stored mesh is upright in the catalog's convention like the other pieces."""
+    out = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        tokens = line.split()
+        if tokens and tokens[0] in ("v", "vn") and len(tokens) >= 4:
+            try:
+                x, y, z = (float(t) for t in tokens[1:4])
+            except ValueError:
+                out.append(line)
+                continue
+            r = [m[0] * x + m[1] * y + m[2] * z, m[3] * x + m[4] * y + m[5] * z]
+            r.append(m[6] * x + m[7] * y + m[8] * z)
+            out.append(" ".join([tokens[0], *(f"{c:.6g}" for c in r), *tokens[4:]]))
+        else:
+            out.append(line)
+    return ("\n".join(out) + "\n").encode("utf-8")
+
+
+def _extract_member(
+    zf: zipfile.ZipFile, member: PurePosixPath, dest_root: Path, rel: PurePosixPath
+) -> Path:
+    """Copy one archive member to ``dest_root/rel``, refusing any path that leaves ``dest_root``."""
+    dest = (dest_root / rel).resolve()
+    root = dest_root.resolve()
+    if root not in dest.parents:
+        raise UnsafeArchiveError(f"archive member {member} would be written outside {dest_root}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with zf.open(member.as_posix()) as src, open(dest, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return dest
+
+
+def import_sh3f(
+    path: str | Path,
+    out_root: str | Path,
+    validate: MeshValidator | None = None,
+    *,
+    select: Callable[[Sh3fPiece], bool] | None = None,
+) -> ImportResult:
+    """Import the furniture of a Sweet Home 3D ``.sh3f`` catalog into ``out_root``.
+
+    The archive is checked for zip-slip first (any absolute or ``..`` member rejects it with
+    UnsafeArchiveError and nothing is written); files are read member by member, never with
+    ``extractall``. ``select`` picks a subset of pieces (the starter-library build uses it).
+    Pieces whose model file is missing or fails ``validate`` are skipped with a warning.
+    """
+    catalog = read_sh3f_catalog(path)
+    validate = validate or _default_validate
+    pieces = [p for p in catalog.pieces if select is None or select(p)]
+    source = f"sh3f:{catalog.catalog_id}"
+    skipped: list[tuple[str, str]] = []
+    imported: list[str] = []
+    with zipfile.ZipFile(catalog.path) as zf, ImportTransaction(out_root) as tx:
+        for piece in pieces:
+            label = f"{piece.key} ({piece.model})"
+            if not piece.model_files:
+                skipped.append((label, "model file not in the archive"))
+                continue
+            if piece.model.suffix.lower() in (".zip", ".kmz"):
+                skipped.append((label, "nested-archive models are not supported"))
+                continue
+            target = tx.new_asset_dir(piece.uid)
+            root = piece.model.parent
+            for member in piece.model_files:
+                dest = _extract_member(zf, member, target, _relative_to(member, root))
+                if member == piece.model and piece.rotation is not None:
+                    if member.suffix.lower() == ".obj":
+                        dest.write_bytes(_rotate_obj(dest.read_bytes(), piece.rotation))
+                    else:
+                        logger.warning("%s: modelRotation not applied to a non-OBJ model", label)
+            staged_mesh = _relative_to(piece.model, root)
+            reason = _check_mesh(validate, target / staged_mesh)
+            if reason is not None:
+                tx.discard(piece.uid)
+                skipped.append((label, reason))
+                continue
+            tx.add(
+                AssetRecord(
+                    uid=piece.uid,
+                    caption=sh3f_caption(piece, catalog.common_tags),
+                    mesh_path=staged_mesh.as_posix(),
+                    source=source,
+                    license=piece.license,
+                    attribution=sh3f_attribution(piece, catalog),
+                    category=piece.category,
+                    tags=[t for t in piece.tags if t.lower() not in catalog.common_tags],
+                    title=piece.title,
+                    url=piece.url,
+                )
+            )
+            imported.append(piece.uid)
+    _warn_skipped(skipped, f"import of {catalog.path.name}")
+    assert tx.database is not None
+    return ImportResult(tx.database, imported, skipped)
+
+
+# --------------------------------------------------------------------------------------------
+# Objaverse + Cap3D
+
+DownloadFn = Callable[..., Mapping[str, str]]
+AnnotationsFn = Callable[[list[str]], Mapping[str, Mapping[str, Any]]]
+
+
+def read_cap3d_captions(path: str | Path) -> dict[str, str]:
+    """Cap3D's captions CSV: ``uid,caption`` rows without a header (order kept)."""
+    rows = _read_captions_csv(Path(path).expanduser())
+    return {r.ref: r.caption for r in rows if r.ref and r.caption}
+
+
+def _objaverse_license(code: str) -> str:
+    code = (code or "").strip().lower()
+    if code in ("cc0", "cc-0", "cc0-1.0"):
+        return "CC0-1.0"
+    if code.startswith("by"):
+        return "CC-" + code.upper()
+    return code or "unknown"
+
+
+def import_objaverse(
+    out_root: str | Path,
+    *,
+    cap3d_csv: str | Path,
+    uids: Sequence[str] | None = None,
+    limit: int | None = None,
+    download_fn: DownloadFn | None = None,
+    annotations_fn: AnnotationsFn | None = None,
+    validate: MeshValidator | None = None,
+    download_processes: int = 1,
+    allowed_licenses: Iterable[str] | None = None,
+) -> ImportResult:
+    """Download Objaverse objects and import them with their Cap3D captions.
+
+    ``uids`` picks objects (they must have a Cap3D caption); without it the first ``limit``
+    captioned uids of the CSV are used. ``download_fn(uids=..., download_processes=...)`` must
+    return ``{uid: local_glb_path}`` like ``objaverse.load_objects`` (the default, which needs
+    the network); ``annotations_fn(uids)`` returns Objaverse metadata used for licence and
+    attribution (default ``objaverse.load_annotations``). ``allowed_licenses`` (e.g.
+    ``{"CC0-1.0", "CC-BY"}``) drops objects under other licences.
+    """
+    captions = read_cap3d_captions(cap3d_csv)
+    if uids is None:
+        if limit is None:
+            raise DatabaseError(
+                "say which Objaverse objects to import: pass uids (--uids FILE) or a --limit"
+            )
+        chosen = list(captions)[: max(0, int(limit))]
+        missing_caption: list[str] = []
+    else:
+        wanted = [u.strip().removesuffix(".glb") for u in uids if u.strip()]
+        chosen = [u for u in wanted if u in captions]
+        missing_caption = [u for u in wanted if u not in captions]
+        if limit is not None:
+            chosen = chosen[: max(0, int(limit))]
+    if not chosen:
+        raise DatabaseError(f"no Objaverse uid to import has a caption in {cap3d_csv}")
+    for uid in chosen:
+        validate_uid(uid)
+    if download_fn is None or annotations_fn is None:
+        try:
+            import objaverse
+        except ImportError:
+            raise DatabaseError(
+                "the Objaverse importer needs the 'objaverse' package: pip install 'ra3d[objaverse]'"
+            ) from None
+        download_fn = download_fn or objaverse.load_objects
+        annotations_fn = annotations_fn or objaverse.load_annotations
+    validate = validate or _default_validate
+    try:
+        annotations = dict(annotations_fn(chosen))
+    except (OSError, KeyError, ValueError) as err:  # offline, or a uid unknown to Objaverse
+        logger.warning("Objaverse annotations unavailable (%r); licences recorded as unknown", err)
+        annotations = {}
+    allowed = set(allowed_licenses) if allowed_licenses is not None else None
+    skipped: list[tuple[str, str]] = [(u, "no Cap3D caption") for u in missing_caption]
+    licenses: dict[str, str] = {}
+    to_download: list[str] = []
+    for uid in chosen:
+        meta = annotations.get(uid, {})
+        licenses[uid] = _objaverse_license(str(meta.get("license", "")))
+        if allowed is not None and licenses[uid] not in allowed:
+            skipped.append((uid, f"licence {licenses[uid]} not allowed"))
+        else:
+            to_download.append(uid)
+    try:
+        paths = dict(download_fn(uids=to_download, download_processes=download_processes))
+    except OSError as err:
+        raise DatabaseError(
+            f"downloading {len(to_download)} Objaverse object(s) failed ({err}); check the "
+            "network connection and retry (already downloaded objects are reused)"
+        ) from None
+    imported: list[str] = []
+    with ImportTransaction(out_root) as tx:
+        for uid in to_download:
+            local = paths.get(uid)
+            if local is None or not Path(local).is_file():
+                skipped.append((uid, "download failed or file missing"))
+                continue
+            local = Path(local)
+            target = tx.new_asset_dir(uid)
+            dest = target / f"{uid}{local.suffix.lower() or '.glb'}"
+            shutil.copyfile(local, dest)
+            reason = _check_mesh(validate, dest)
+            if reason is not None:
+                tx.discard(uid)
+                skipped.append((uid, reason))
+                continue
+            meta = annotations.get(uid, {})
+            user = meta.get("user") if isinstance(meta.get("user"), Mapping) else {}
+            author = str(user.get("displayName") or user.get("username") or "unknown author")
+            name = str(meta.get("name") or uid)
+            url = str(meta.get("viewerUrl") or f"https://sketchfab.com/3d-models/{uid}")
+            tx.add(
+                AssetRecord(
+                    uid=uid,
+                    caption=captions[uid],
+                    mesh_path=dest.name,
+                    source="objaverse",
+                    license=licenses[uid],
+                    attribution=f'"{name}" by {author}, {url}, {licenses[uid]}, via Objaverse',
+                    tags=[
+                        str(t.get("name"))
+                        for t in meta.get("tags", [])
+                        if isinstance(t, Mapping) and t.get("name")
+                    ],
+                    title=str(meta.get("name") or ""),
+                    url=url,
+                )
+            )
+            imported.append(uid)
+    _warn_skipped(skipped, "Objaverse import")
+    assert tx.database is not None
+    return ImportResult(tx.database, imported, skipped)

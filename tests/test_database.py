@@ -1,0 +1,677 @@
+"""AssetDatabase, the shipped starter library, the importers and ``ra3d db``."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+from ra3d.representations.mesh import load_mesh
+from ra3d.retrieval import database as database_module
+from ra3d.retrieval.database import (
+    AssetDatabase,
+    AssetRecord,
+    DatabaseError,
+    DatabaseNotFoundError,
+    default_database,
+    safe_relative_path,
+)
+from ra3d.retrieval.db_cli import main_db
+from ra3d.retrieval.importers import (
+    AssetImportWarning,
+    UnsafeArchiveError,
+    import_folder,
+    import_objaverse,
+    import_sh3f,
+    parse_java_properties,
+)
+
+TEDDY_UID = "blend-swap-cc-0-teddybear"
+
+CUBE_V = [(x, y, z) for x in (0.0, 2.0) for y in (0.0, 1.0) for z in (0.0, 3.0)]
+CUBE_F = [  # 12 outward triangles over the 8 corners above (1-based OBJ indices)
+    (1, 3, 4), (1, 4, 2), (5, 6, 8), (5, 8, 7), (1, 2, 6), (1, 6, 5),
+    (3, 7, 8), (3, 8, 4), (1, 5, 7), (1, 7, 3), (2, 4, 8), (2, 8, 6),
+]  # fmt: skip
+
+
+def cube_obj(mtl: str | None = None, material: str = "wood") -> str:
+    lines = [f"mtllib {mtl}", f"usemtl {material}"] if mtl else []
+    lines += [f"v {x} {y} {z}" for x, y, z in CUBE_V]
+    lines += ["vt 0 0", "vt 1 0", "vt 1 1"]
+    lines += [f"f {a}/1 {b}/2 {c}/3" for a, b, c in CUBE_F]
+    return "\n".join(lines) + "\n"
+
+
+def write_textured_cube(folder: Path, stem: str, texture: str) -> None:
+    """meshes/<stem>.obj + .mtl with its texture at meshes/<texture> (may climb with ../)."""
+    (folder / "meshes").mkdir(parents=True, exist_ok=True)
+    tex = folder / "meshes" / texture
+    tex.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((4, 4, 3), (200, 30, 40), np.uint8)).save(tex)
+    (folder / "meshes" / f"{stem}.mtl").write_text(f"newmtl wood\nKd 1 1 1\nmap_Kd {texture}\n")
+    (folder / "meshes" / f"{stem}.obj").write_text(cube_obj(f"{stem}.mtl"))
+
+
+def tree_snapshot(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under root (to prove nothing changed)."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def write_csv(path: Path, rows: list[list[str]]) -> Path:
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    return path
+
+
+# ------------------------------------------------------------------------------ starter library
+
+
+def test_starter_library_is_real_cc0_and_small() -> None:
+    db = AssetDatabase.builtin()
+    assert 50 <= len(db) <= 150
+    manifest = db.root / "manifest.jsonl"
+    assert db.manifest_hash == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    total = sum(p.stat().st_size for p in db.root.rglob("*") if p.is_file())
+    assert total <= 20_000_000, f"starter library is {total} bytes"
+    assert (db.root / "LICENSE.txt").is_file() and (db.root / "ATTRIBUTION.md").is_file()
+    attribution_md = (db.root / "ATTRIBUTION.md").read_text()
+    for rec in db:
+        assert rec.license == "CC0-1.0"
+        assert rec.source.startswith("sh3f:") and " by " in rec.attribution
+        assert rec.url.startswith("http://www.blendswap.com/blends/view/")
+        assert db.mesh_path(rec.uid).is_file()
+        assert rec.uid in attribution_md
+        # Independent licence check: the author's own Blend Swap licence file travels with the
+        # model and states Creative Commons Zero.
+        folder = db.mesh_path(rec.uid).parent
+        licences = [p for p in folder.iterdir() if "licen" in p.name.lower()]
+        assert licences, f"{rec.uid} lacks its licence file"
+        assert any(
+            re.search(r"Creative Commons Zero", p.read_text(errors="replace")) for p in licences
+        )
+    assert db.missing_meshes() == []
+
+
+def test_starter_library_has_the_teddy_bear() -> None:
+    db = AssetDatabase.builtin()
+    teddy = db.get(TEDDY_UID)
+    assert teddy.caption.startswith("a teddy bear")
+    assert "Manitislate" in teddy.attribution and teddy.title == "Burlap Bear"
+    assert db.mesh_path(TEDDY_UID).name == "teddyBear.obj"
+
+
+def test_every_starter_mesh_loads() -> None:
+    db = AssetDatabase.builtin()
+    for rec in db:
+        mesh = load_mesh(db.mesh_path(rec.uid), max_texture_size=8)
+        assert mesh.num_faces > 0
+        # load_mesh fits the mesh in a sphere of radius 0.5 (farthest vertex exactly on it).
+        assert float(mesh.vertices.norm(dim=-1).max()) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_starter_models_are_upright_like_their_catalog_dimensions() -> None:
+    """Models with a catalog ``modelRotation`` were rotated on import: their bounding box must
+    have the catalog's width : height : depth proportions (x : y : z, Y up)."""
+    db = AssetDatabase.builtin()
+    expected = {  # width, height, depth from PluginFurnitureCatalog.properties
+        "blend-swap-cc-0-headphones": (18.9, 8.2, 20.0),
+        "blend-swap-cc-0-iphone": (5.9, 0.91, 11.7),
+    }
+    checked = 0
+    for uid, whd in expected.items():
+        if uid not in db:
+            continue
+        mesh = trimesh.load(db.mesh_path(uid), force="mesh")
+        extent = mesh.bounds[1] - mesh.bounds[0]
+        np.testing.assert_allclose(extent / extent.max(), np.array(whd) / max(whd), atol=0.02)
+        checked += 1
+    assert checked >= 1
+
+
+# ------------------------------------------------------------------------------ manifest
+
+
+def make_records(root: Path, uids: list[str]) -> list[AssetRecord]:
+    records = []
+    for uid in uids:
+        (root / "models" / uid).mkdir(parents=True, exist_ok=True)
+        (root / "models" / uid / "m.obj").write_text(cube_obj())
+        records.append(
+            AssetRecord(
+                uid=uid,
+                caption=f"a {uid}, ünïcode",
+                mesh_path=f"models/{uid}/m.obj",
+                source="test",
+                license="CC0-1.0",
+                attribution=f"{uid} by tester",
+                category="Toys",
+                tags=["a", "b"],
+            )
+        )
+    return records
+
+
+def test_manifest_round_trip_and_hash(tmp_path: Path) -> None:
+    records = make_records(tmp_path, ["chair", "bear"])
+    created = AssetDatabase.create(tmp_path, records)
+    opened = AssetDatabase.open(tmp_path)
+    assert opened.records == records and opened.uids == ["chair", "bear"]
+    assert len(opened) == 2 and list(opened) == records
+    assert opened.manifest_hash == created.manifest_hash
+    manifest_bytes = (tmp_path / "manifest.jsonl").read_bytes()
+    assert opened.manifest_hash == hashlib.sha256(manifest_bytes).hexdigest()
+    assert opened.mesh_path("bear") == (tmp_path / "models/bear/m.obj").resolve()
+    assert opened.mesh_path("bear").is_absolute()
+    with pytest.raises(KeyError, match="no asset with uid 'sofa'"):
+        opened.get("sofa")
+    # The cache of a writable database lives inside it.
+    assert opened.cache_dir == tmp_path.resolve() / ".cache" and opened.cache_dir.is_dir()
+
+
+def test_open_reports_missing_and_corrupt_manifests(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseNotFoundError, match="does not exist"):
+        AssetDatabase.open(tmp_path / "nope")
+    with pytest.raises(DatabaseNotFoundError, match="no manifest.jsonl"):
+        AssetDatabase.open(tmp_path)
+    AssetDatabase.create(tmp_path, make_records(tmp_path, ["a"]))
+    good = (tmp_path / "manifest.jsonl").read_text()
+    (tmp_path / "manifest.jsonl").write_text(good + '{"uid": "b", "caption": \n')
+    with pytest.raises(DatabaseError, match="line 3"):
+        AssetDatabase.open(tmp_path)
+    (tmp_path / "manifest.jsonl").write_text(good + good.splitlines()[1] + "\n")
+    with pytest.raises(DatabaseError, match="duplicate uid 'a'"):
+        AssetDatabase.open(tmp_path)
+    evil = good.replace("models/a/m.obj", "../../etc/passwd")
+    (tmp_path / "manifest.jsonl").write_text(evil)
+    with pytest.raises(DatabaseError, match="escapes"):
+        AssetDatabase.open(tmp_path)
+
+
+def test_create_rejects_missing_meshes_and_bad_uids(tmp_path: Path) -> None:
+    rec = make_records(tmp_path, ["ok"])[0]
+    with pytest.raises(DatabaseNotFoundError, match="do not exist"):
+        AssetDatabase.create(tmp_path, [AssetRecord(**{**rec.to_json(), "mesh_path": "x.obj"})])
+    with pytest.raises(DatabaseError, match="invalid asset uid"):
+        AssetDatabase.create(tmp_path, [AssetRecord(**{**rec.to_json(), "uid": "../up"})])
+    for bad in ("/abs/x.obj", "C:/x.obj", "a/../../x.obj", ""):
+        with pytest.raises(DatabaseError):
+            safe_relative_path(bad)
+    assert safe_relative_path("a/./b\\c.obj").as_posix() == "a/b/c.obj"
+
+
+def test_atomic_manifest_write_survives_injected_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    AssetDatabase.create(tmp_path, make_records(tmp_path, ["a"]))
+    before = (tmp_path / "manifest.jsonl").read_bytes()
+    more = make_records(tmp_path, ["a", "b", "c"])
+
+    def exploding_replace(src: str, dst: str) -> None:
+        raise OSError("disk pulled out")
+
+    monkeypatch.setattr(database_module.os, "replace", exploding_replace)
+    with pytest.raises(OSError, match="disk pulled out"):
+        AssetDatabase.create(tmp_path, more)
+    monkeypatch.undo()
+    assert (tmp_path / "manifest.jsonl").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert AssetDatabase.open(tmp_path).uids == ["a"]
+
+
+def test_default_database_and_builtin_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RA3D_DATABASE", raising=False)
+    monkeypatch.setenv("RA3D_CACHE_DIR", str(tmp_path / "cache"))
+    builtin = default_database()
+    assert builtin.root == AssetDatabase.builtin().root and TEDDY_UID in builtin
+    # The shipped library never writes into the installed package.
+    assert builtin.cache_dir == tmp_path / "cache" / builtin.manifest_hash[:16]
+    assert not (builtin.root / ".cache").exists()
+    db_root = tmp_path / "db"
+    AssetDatabase.create(db_root, make_records(db_root, ["x"]))
+    monkeypatch.setenv("RA3D_DATABASE", str(db_root))
+    assert default_database().uids == ["x"]
+
+
+# ------------------------------------------------------------------------------ folder import
+
+
+def test_folder_import_skips_broken_meshes_and_copies_dependencies(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_textured_cube(src, "crate", "tex/crate.png")
+    write_textured_cube(src, "barrel", "../textures/barrel.png")
+    (src / "plain.obj").write_text(cube_obj())
+    (src / "broken.obj").write_text("this is not a mesh\nf 1 2 3\n")
+    (src / "corrupt.glb").write_bytes(b"glTF\x02\x00\x00\x00garbage")
+    (src / "uncaptioned.obj").write_text(cube_obj())
+    captions = write_csv(
+        tmp_path / "captions.csv",
+        [
+            ["path", "caption", "license", "tags"],
+            ["meshes/crate.obj", "a red wooden crate", "CC0-1.0", "box;storage"],
+            ["plain.obj", "a plain block", "", ""],
+            ["meshes/barrel.obj", "a barrel", "", ""],
+            ["broken.obj", "a broken thing", "", ""],
+            ["corrupt.glb", "a corrupt thing", "", ""],
+            ["missing.obj", "a missing thing", "", ""],
+        ],
+    )
+    out = tmp_path / "db"
+    with pytest.warns(AssetImportWarning) as caught:
+        result = import_folder(src, captions, out, license="CC-BY-4.0", attribution="me")
+    message = str(caught[0].message)
+    assert len(caught) == 1, "all skipped files must be reported in one warning"
+    for name in ("broken.obj", "corrupt.glb", "missing.obj", "uncaptioned.obj"):
+        assert name in message
+    assert result.imported == ["meshes-crate", "plain", "meshes-barrel"]
+    db = AssetDatabase.open(out)
+    assert db.uids == ["meshes-crate", "plain", "meshes-barrel"]
+    crate = db.get("meshes-crate")
+    assert crate.caption == "a red wooden crate" and crate.tags == ["box", "storage"]
+    assert crate.license == "CC0-1.0" and db.get("plain").license == "CC-BY-4.0"
+    assert db.get("plain").attribution == "me" and crate.source == "folder:src"
+    # MTL and textures travel with the OBJ, keeping their relative layout (also via ../).
+    assert crate.mesh_path == "models/meshes-crate/crate.obj"
+    crate_dir = db.root / "models" / "meshes-crate"
+    assert sorted(p.relative_to(crate_dir).as_posix() for p in crate_dir.rglob("*.*")) == [
+        "crate.mtl", "crate.obj", "tex/crate.png"
+    ]  # fmt: skip
+    assert db.get("meshes-barrel").mesh_path == "models/meshes-barrel/meshes/barrel.obj"
+    barrel_dir = db.root / "models" / "meshes-barrel"
+    assert (barrel_dir / "textures" / "barrel.png").read_bytes() == (
+        src / "textures" / "barrel.png"
+    ).read_bytes()
+    assert (barrel_dir / "meshes" / "barrel.mtl").is_file()
+    # The imported mesh is the cube we wrote: same bounding box, texture colour found.
+    mesh = load_mesh(db.mesh_path("meshes-crate"), up_axis="z", normalize=False)
+    np.testing.assert_allclose(mesh.vertices.min(0).values.numpy(), [0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(mesh.vertices.max(0).values.numpy(), [2, 1, 3], atol=1e-6)
+    assert mesh.texture is not None
+    np.testing.assert_allclose(
+        mesh.texture.reshape(-1, 3).mean(0).numpy(), np.array([200, 30, 40]) / 255, atol=0.02
+    )
+    assert not any(p.name.startswith(".staging-") for p in out.iterdir())
+
+
+def test_folder_import_merges_and_replaces(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / "one" / f"{name}.obj").parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "one" / f"{name}.obj").write_text(cube_obj())
+    write_csv(tmp_path / "one.csv", [["a.obj", "first a"], ["b.obj", "first b"]])
+    out = tmp_path / "db"
+    import_folder(tmp_path / "one", tmp_path / "one.csv", out)
+    old_b_dir = out / Path(AssetDatabase.open(out).get("b").mesh_path).parent
+    for name in ("b", "c"):
+        (tmp_path / "two" / f"{name}.obj").parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "two" / f"{name}.obj").write_text(cube_obj())
+    write_csv(tmp_path / "two.csv", [["b", "second b"], ["c.obj", "first c"]])  # "b": bare uid
+    result = import_folder(tmp_path / "two", tmp_path / "two.csv", out)
+    db = result.database
+    assert db.uids == ["a", "b", "c"]
+    assert [r.caption for r in db] == ["first a", "second b", "first c"]
+    assert db.get("b").source == "folder:two"
+    assert not old_b_dir.exists(), "the replaced asset's old files are removed after the commit"
+    assert all(db.mesh_path(u).is_file() for u in db.uids)
+    assert {p.name for p in (out / "models").iterdir()} == {
+        Path(r.mesh_path).parent.name for r in db
+    }
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("validator crashed"), KeyboardInterrupt()])
+def test_interrupted_import_leaves_previous_database_intact(
+    tmp_path: Path, failure: BaseException
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a", "b", "c"):
+        (src / f"{name}.obj").write_text(cube_obj())
+    write_csv(tmp_path / "first.csv", [["a.obj", "an a"]])
+    out = tmp_path / "db"
+    with pytest.warns(AssetImportWarning, match="no caption"):
+        import_folder(src, tmp_path / "first.csv", out)
+    before = tree_snapshot(out)
+    write_csv(tmp_path / "second.csv", [["a.obj", "new a"], ["b.obj", "a b"], ["c.obj", "a c"]])
+    calls = []
+
+    def validate_then_fail(path: Path) -> None:
+        calls.append(path)
+        if len(calls) == 2:  # half-way: the replacement of "a" is already staged
+            raise failure
+
+    with pytest.raises(type(failure)):
+        import_folder(src, tmp_path / "second.csv", out, validate=validate_then_fail)
+    assert tree_snapshot(out) == before
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    db = AssetDatabase.open(out)
+    assert db.uids == ["a"] and db.get("a").caption == "an a"
+
+
+def test_failure_at_commit_rolls_back_moved_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.obj").write_text(cube_obj())
+    (src / "b.obj").write_text(cube_obj())
+    write_csv(tmp_path / "first.csv", [["a.obj", "an a"]])
+    out = tmp_path / "db"
+    with pytest.warns(AssetImportWarning, match="no caption"):
+        import_folder(src, tmp_path / "first.csv", out)
+    before = tree_snapshot(out)
+    write_csv(tmp_path / "second.csv", [["a.obj", "new a"], ["b.obj", "a b"]])
+    real_write = database_module.write_bytes_atomic
+
+    def crash_before_manifest(path: Path, data: bytes) -> None:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(database_module, "write_bytes_atomic", crash_before_manifest)
+    with pytest.raises(OSError, match="power cut"):
+        import_folder(src, tmp_path / "second.csv", out, validate=lambda p: None)
+    monkeypatch.setattr(database_module, "write_bytes_atomic", real_write)
+    assert tree_snapshot(out) == before
+
+
+def test_folder_import_rejects_bad_inputs(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.obj").write_text(cube_obj())
+    with pytest.raises(DatabaseNotFoundError, match="captions CSV"):
+        import_folder(tmp_path / "src", tmp_path / "none.csv", tmp_path / "db")
+    write_csv(tmp_path / "c.csv", [["name", "caption"], ["a.obj", "x"]])
+    with pytest.raises(DatabaseError, match="path column"):
+        import_folder(tmp_path / "src", tmp_path / "c.csv", tmp_path / "db")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    write_csv(tmp_path / "ok.csv", [["a.obj", "x"]])
+    with pytest.raises(DatabaseError, match="non-empty folder"):
+        import_folder(tmp_path / "src", tmp_path / "ok.csv", tmp_path / "junk")
+    assert [p.name for p in (tmp_path / "junk").iterdir()] == ["notes.txt"]
+
+
+# ------------------------------------------------------------------------------ sh3f import
+
+BLENDSWAP_LICENCE_TXT = """Thank you for downloading "Burlap Bear" by manitislate
+Released under
+Creative Commons Zero (Public Domain)
+Downloaded from http://www.blendswap.com/blends/view/759
+"""
+
+CATALOG = r"""# test catalog
+id=Test#Catalog
+name=Test CC-0
+license=Public domain
+provider=tests
+
+id#1=Test CC-0#teddyBear
+name#1=Teddy bear
+tags#1=Blend Swap, Toy, Baby
+category#1=Bedroom
+model#1=/test/teddyBear/teddyBear.obj
+multiPartModel#1=true
+creator#1=Manitislate
+
+id#2=Test CC-0#phone
+name#2=Phone \u00e9l\
+  egant
+tags#2=Blend Swap, Electronics
+category#2=Miscellaneous
+model#2=/test/phone.obj
+multiPartModel#2=false
+modelRotation#2=0 0 1 -1 0 0 0 -1 0
+creator#2=Someone
+
+id#3=Test CC-0#ghost
+name#3=Ghost
+tags#3=Blend Swap
+category#3=Miscellaneous
+model#3=/test/ghost/ghost.obj
+multiPartModel#3=true
+creator#3=Nobody
+"""
+
+
+def build_sh3f(path: Path, extra: dict[str, bytes] | None = None) -> Path:
+    png = tmp_png_bytes()
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("PluginFurnitureCatalog.properties", CATALOG.encode("latin-1"))
+        zf.writestr("LICENSE.TXT", "public domain")
+        zf.writestr("test/teddyBear/teddyBear.obj", cube_obj("teddyBear.mtl"))
+        zf.writestr("test/teddyBear/teddyBear.mtl", "newmtl wood\nmap_Kd teddy.jpg\n")
+        zf.writestr("test/teddyBear/teddy.jpg", png)
+        zf.writestr("test/teddyBear/BLENDSWAP_LICENSE.txt", BLENDSWAP_LICENCE_TXT)
+        zf.writestr("test/phone.obj", cube_obj())
+        zf.writestr("test/unrelated.obj", cube_obj())
+        zf.writestr("test/ghost/ghost.obj", "not a mesh at all\n")
+        for name, data in (extra or {}).items():
+            zf.writestr(zipfile.ZipInfo(name), data)
+    return path
+
+
+def tmp_png_bytes() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((2, 2, 3), 90, np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_java_properties_parser() -> None:
+    props = parse_java_properties(
+        "# comment\n! also\nkey = value\nname#1:Caf\\u00e9 \\\n   au lait\nspaced\\ key x\n"
+        "url=http\\://x\\=y\nempty=\n"
+    )
+    assert props == {
+        "key": "value",
+        "name#1": "Café au lait",
+        "spaced key": "x",
+        "url": "http://x=y",
+        "empty": "",
+    }
+
+
+def test_sh3f_import(tmp_path: Path) -> None:
+    sh3f = build_sh3f(tmp_path / "test.sh3f")
+    out = tmp_path / "db"
+    with pytest.warns(AssetImportWarning, match="ghost"):
+        result = import_sh3f(sh3f, out)
+    db = result.database
+    assert db.uids == ["test-cc-0-teddybear", "test-cc-0-phone"]
+    teddy, phone = db.get("test-cc-0-teddybear"), db.get("test-cc-0-phone")
+    # Captions follow the documented template; the catalog-wide "Blend Swap" tag is dropped.
+    assert teddy.caption == "a teddy bear (burlap bear), toy, baby; category: bedroom"
+    assert phone.caption == "a phone élegant, electronics; category: miscellaneous"
+    assert teddy.license == "CC0-1.0" and teddy.url.endswith("/759")  # from its licence file
+    assert phone.license == "Public domain"  # no licence file: the catalog's statement
+    assert teddy.attribution.startswith('"Burlap Bear" by Manitislate, http://www.blendswap')
+    assert teddy.source == "sh3f:Test#Catalog" and teddy.tags == ["Toy", "Baby"]
+    teddy_dir = db.mesh_path(teddy.uid).parent
+    assert {p.name for p in teddy_dir.iterdir()} == {
+        "teddyBear.obj", "teddyBear.mtl", "teddy.jpg", "BLENDSWAP_LICENSE.txt"
+    }  # fmt: skip
+    assert [p.name for p in db.mesh_path(phone.uid).parent.iterdir()] == ["phone.obj"]
+    # modelRotation (row-major M, p' = M p) was baked into the phone's vertices.
+    m = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float)
+    expected = np.array(CUBE_V) @ m.T
+    got = np.array(
+        [
+            [float(t) for t in ln.split()[1:4]]
+            for ln in db.mesh_path(phone.uid).read_text().splitlines()
+            if ln.startswith("v ")
+        ]
+    )
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("evil", ["../evil.obj", "test/../../evil.obj", "..\\evil.obj"])
+def test_sh3f_rejects_zip_slip(tmp_path: Path, evil: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    sh3f = build_sh3f(tmp_path / "evil.sh3f", {evil: b"v 0 0 0\n"})
+    before = tree_snapshot(tmp_path)
+    with pytest.raises(UnsafeArchiveError, match="escape"):
+        import_sh3f(sh3f, work / "db")
+    assert tree_snapshot(tmp_path) == before
+    assert not (work / "db").exists() and not list(tmp_path.rglob("evil.obj"))
+
+
+def test_sh3f_rejects_escaping_model_property(tmp_path: Path) -> None:
+    sh3f = tmp_path / "bad.sh3f"
+    with zipfile.ZipFile(sh3f, "w") as zf:
+        zf.writestr("PluginFurnitureCatalog.properties", "name#1=x\nmodel#1=/../../etc/passwd\n")
+    with pytest.raises(UnsafeArchiveError):
+        import_sh3f(sh3f, tmp_path / "db")
+    (tmp_path / "notzip.sh3f").write_text("hello")
+    with pytest.raises(DatabaseError, match="not a zip"):
+        import_sh3f(tmp_path / "notzip.sh3f", tmp_path / "db")
+    assert not (tmp_path / "db").exists()
+
+
+# ------------------------------------------------------------------------------ Objaverse
+
+UIDS = ["0a1b2c3d4e5f60718293a4b5c6d7e8f9", "11112222333344445555666677778888", "ffff" * 8]
+
+
+def fake_objaverse_layout(home: Path) -> dict[str, Path]:
+    """~/.objaverse/hf-objaverse-v1/glbs/<000-xxx>/<uid>.glb, as objaverse.load_objects leaves it."""
+    paths = {}
+    for i, uid in enumerate(UIDS):
+        path = home / ".objaverse" / "hf-objaverse-v1" / "glbs" / f"000-{i:03d}" / f"{uid}.glb"
+        path.parent.mkdir(parents=True)
+        if i == 1:
+            path.write_bytes(b"glTF broken download")
+        else:
+            box = trimesh.creation.box(extents=(1.0 + i, 2.0, 3.0))
+            path.write_bytes(box.export(file_type="glb"))
+        paths[uid] = path
+    return paths
+
+
+def test_objaverse_import_on_local_layout(tmp_path: Path) -> None:
+    paths = fake_objaverse_layout(tmp_path / "home")
+    cap3d = tmp_path / "Cap3D_automated_Objaverse.csv"
+    cap3d.write_text(
+        f'{UIDS[0]},"A small box, made of wood."\n{UIDS[1]},a broken download\n'
+        f"{UIDS[2]},a big box, grey\n"
+    )
+    calls = []
+
+    def download_fn(uids: list[str], download_processes: int) -> dict[str, str]:
+        calls.append((list(uids), download_processes))
+        return {u: str(paths[u]) for u in uids}
+
+    def annotations_fn(uids: list[str]) -> dict[str, dict]:
+        return {
+            UIDS[0]: {
+                "license": "by",
+                "name": "Wood box",
+                "user": {"displayName": "Alice"},
+                "viewerUrl": "https://sketchfab.com/3d-models/x",
+            },
+            UIDS[2]: {"license": "cc0", "user": {"username": "bob"}},
+        }
+
+    out = tmp_path / "db"
+    with pytest.warns(AssetImportWarning) as caught:
+        result = import_objaverse(
+            out,
+            cap3d_csv=cap3d,
+            uids=[*UIDS, "deadbeef" * 4],
+            download_fn=download_fn,
+            annotations_fn=annotations_fn,
+            download_processes=3,
+        )
+    text = str(caught[0].message)
+    assert UIDS[1] in text and "deadbeef" * 4 in text and "no Cap3D caption" in text
+    assert calls == [(UIDS, 3)]
+    db = result.database
+    assert db.uids == [UIDS[0], UIDS[2]]
+    first = db.get(UIDS[0])
+    assert first.caption == "A small box, made of wood."
+    assert db.get(UIDS[2]).caption == "a big box, grey"  # unquoted comma kept in the caption
+    assert first.license == "CC-BY" and db.get(UIDS[2]).license == "CC0-1.0"
+    assert first.attribution == (
+        '"Wood box" by Alice, https://sketchfab.com/3d-models/x, CC-BY, via Objaverse'
+    )
+    assert db.mesh_path(UIDS[0]).read_bytes() == paths[UIDS[0]].read_bytes()
+    mesh = load_mesh(db.mesh_path(UIDS[2]), normalize=False)
+    extent = (mesh.vertices.max(0).values - mesh.vertices.min(0).values).numpy()
+    assert sorted(extent.round(4)) == [2.0, 3.0, 3.0]
+
+    # --limit takes the first captioned uids in CSV order; licence filter drops CC-BY.
+    out2 = tmp_path / "db2"
+    with pytest.warns(AssetImportWarning, match="licence CC-BY not allowed"):
+        result2 = import_objaverse(
+            out2,
+            cap3d_csv=cap3d,
+            limit=1,
+            download_fn=download_fn,
+            annotations_fn=annotations_fn,
+            allowed_licenses={"CC0-1.0"},
+        )
+    assert result2.imported == [] and result2.skipped == [(UIDS[0], "licence CC-BY not allowed")]
+    with pytest.raises(DatabaseError, match="uids"):
+        import_objaverse(out2, cap3d_csv=cap3d, download_fn=download_fn)
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def test_cli_info_and_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.obj").write_text(cube_obj())
+    (src / "b.obj").write_text("garbage\n")
+    write_csv(tmp_path / "c.csv", [["a.obj", "an a"], ["b.obj", "a b"]])
+    out = tmp_path / "db"
+    code = main_db(
+        ["import", "folder", str(src), "--captions", str(tmp_path / "c.csv"), "--db", str(out)]
+    )
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "imported 1 asset(s), skipped 1" in captured.out
+    assert "warning" in captured.err and "b.obj" in captured.err
+
+    assert main_db(["info", "--db", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert re.search(r"assets:\s+1\b", info) and "folder:src (1)" in info and "unknown (1)" in info
+
+    sh3f = build_sh3f(tmp_path / "x.sh3f")
+    assert main_db(["import", "sh3f", str(sh3f), "--db", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"{out.resolve()} now holds 3 asset(s)" in captured.out
+
+    evil = build_sh3f(tmp_path / "evil.sh3f", {"../evil.obj": b"v 0 0 0\n"})
+    assert main_db(["import", "sh3f", str(evil), "--db", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "error" in err and "escape" in err and "Traceback" not in err
+
+    assert main_db(["info", "--db", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ra3d db: error:") and "does not exist" in err
+
+    assert main_db(["import", "objaverse", "--cap3d", "x.csv", "--db", str(out)]) == 2
+    assert "one of the arguments --uids --limit is required" in capsys.readouterr().err
+    assert main_db(["frobnicate"]) == 2
+    assert main_db([]) == 2
+
+
+def test_cli_info_builtin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("RA3D_DATABASE", raising=False)
+    assert main_db(["info"]) == 0
+    out = capsys.readouterr().out
+    n = len(AssetDatabase.builtin())
+    assert re.search(rf"assets:\s+{n}\b", out) and f"CC0-1.0 ({n})" in out
