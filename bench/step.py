@@ -38,12 +38,16 @@ class StepTimer(pl.Callback):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--set", nargs="*", default=[], help="extra overrides, e.g. data.height=128")
+    parser.add_argument(
+        "--set", nargs="*", default=[], help="extra overrides, e.g. data.height=128"
+    )
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
 

@@ -62,6 +62,9 @@ def _check_paths(argv: list[str]) -> None:
                 f"config file not found: {path}. The shipped configs are in the repository's "
                 "configs/ folder (e.g. configs/demo.yaml)."
             )
+    for prompt in _option_values(argv, "--model.prompt"):
+        if not prompt.strip():
+            raise Ra3dError('the prompt is empty: pass one with --prompt "a teddy bear"')
     for path in _option_values(argv, "--ckpt_path"):
         if path in ("last", "best", "hpc", "registry"):
             continue
@@ -75,7 +78,6 @@ def _check_paths(argv: list[str]) -> None:
 def run_lightning(argv: list[str]) -> int:
     from lightning.pytorch.cli import LightningCLI
 
-    from ra3d.callbacks import FinalCheckpoint
     from ra3d.data import RandomCameraDataModule
     from ra3d.system import RA3DSystem
 
@@ -94,11 +96,23 @@ def run_lightning(argv: list[str]) -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (it may be swapped, e.g. by tests)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001 - logging assigns it in __init__
+        pass
+
+
 def _configure_logging() -> None:
     """ra3d's own log lines on stderr; Lightning keeps its own handlers."""
     logger = logging.getLogger("ra3d")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[ra3d] %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(os.environ.get("RA3D_LOG_LEVEL", "INFO"))

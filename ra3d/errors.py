@@ -12,7 +12,11 @@ class ConfigError(Ra3dError, ValueError):
     """A configuration value is invalid (empty prompt, bad range, …)."""
 
 
-class OfflineModelError(Ra3dError, FileNotFoundError):
+class ModelNotFoundError(Ra3dError, FileNotFoundError):
+    """Model weights were not found where the configuration says (missing or incomplete folder)."""
+
+
+class OfflineModelError(ModelNotFoundError):
     """Model weights are not available locally and the hub cannot be reached."""
 
 

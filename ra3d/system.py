@@ -158,7 +158,7 @@ class RA3DSystem(pl.LightningModule):
                 if weight != 0.0:
                     loss = loss + weight * value / self.n_particles
         for name, value in guidance_out.terms.items():
-            logs[f"train/{name}"] = float(value)
+            logs[f"train/{name}"] = float(value.detach())
         for name, value in guidance_out.diagnostics.items():
             logs[f"train/{name}"] = float(value)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(cameras))
