@@ -112,7 +112,11 @@ class RA3DSystem(pl.LightningModule):
         self.seed = seed
         self.turntable_fps = turntable_fps
         self.n_particles = n_particles
-        self.particles = nn.ModuleList([representation() for _ in range(n_particles)])
+        # Particle initialisation depends on the seed alone, not on whatever consumed the global
+        # RNG before (e.g. building the tiny prior), so runs and their resumes start identically.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.particles = nn.ModuleList([representation() for _ in range(n_particles)])
         for i, particle in enumerate(self.particles):
             if not isinstance(particle, Representation):
                 raise ConfigError(

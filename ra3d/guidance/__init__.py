@@ -1,4 +1,4 @@
-"""2D diffusion guidance: the prior, SDS, VSD, delta distillation, the asset term, adaptation."""
+"""2D diffusion guidance: the prior, SDS, VSD with LoRA, delta distillation (Eq. 13)."""
 
 from ra3d.guidance.base import Guidance, GuidanceOutput
 

@@ -288,6 +288,7 @@ class SDSGuidance(Guidance):
         self.timesteps = TimestepRange(
             prior.num_train_timesteps, min_step_percent, max_step_percent
         )
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.global_step = 0
         self._prompts: dict[str, PromptEmbeddings] = {}
@@ -411,6 +412,10 @@ class SDSGuidance(Guidance):
         )
 
     def update_step(self, epoch: int, global_step: int, max_steps: int) -> None:
-        """Anneal the t range (and a scheduled grad clip) to ``global_step``."""
+        """Anneal the t range (and a scheduled grad clip) to ``global_step``, and reseed the private
+        generator from ``(seed, global_step)``: a step's draws then do not depend on how many steps
+        ran in this process, so a run resumed from a checkpoint reproduces the uninterrupted one."""
         self.global_step = global_step
         self.timesteps.update(global_step)
+        if self.generator is not None and self.seed is not None:
+            self.generator.manual_seed(self.seed * 1_000_003 + global_step)

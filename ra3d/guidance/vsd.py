@@ -1,0 +1,364 @@
+"""Variational Score Distillation (ProlificDreamer; paper Sec. 3, Eq. 1–2) with a LoRA score model.
+
+VSD moves each particle θ⁽ⁱ⁾ along (Eq. 2)
+
+    v_prior = −E_{t,ε,ψ}[ w(t) (ε_φ(x_t, t, e(c, ψ)) − ε_(φ,ζ)(x_t, t, c, ψ)) ∂g(θ, ψ)/∂θ ],
+
+where ``ε_φ`` is the pretrained prior (classifier-free guided, view-dependent prompt) and
+``ε_(φ,ζ)`` is the score of the *rendered-image* distribution q_t^γ(x_t | ψ, c): the same UNet
+with a LoRA adapter ζ and a camera condition ψ, trained online with the ordinary diffusion loss on
+the (detached) renders. SDS is the special case that replaces ε_(φ,ζ) by the injected noise ε.
+
+Memory: there is one UNet. The frozen prior term runs it with adapters switched off (or with the
+frozen view-adaptation adapter ω of Eq. 12: ``base + ω``), the score model with ``base + ζ`` and
+the camera embedding added to the time embedding (see :mod:`ra3d.guidance.lora`). Peak memory is
+therefore one set of base weights plus the adapters, instead of two UNet copies.
+
+One scalar loss carries both updates, and its gradients split cleanly:
+
+* ``loss_vsd = 0.5 Σ (z − sg(z − grad))² / B`` with ``grad = w(t)(ε_φ − ε_(φ,ζ))`` computed
+  without gradient: it reaches the render latents z (and θ) only, with ``∂/∂z = grad / B``
+  (convention of :mod:`ra3d.guidance.sds`).
+* ``loss_lora = ‖ε_(φ,ζ)(α_t sg(z) + σ_t ε', t', c, ψ̃) − target‖²`` (mean) with its own
+  ``t' ~ U[0, T)``, noise ε' and camera dropout ψ̃: it reaches ζ and the camera embedding only.
+* The base UNet is frozen (``requires_grad=False``) and ω is frozen.
+
+Particles (ParVI, App. B.3): the system concatenates the renders of all particles along the batch,
+each with its own cameras; every sample gets its own t and ε, and the score model is trained on
+all of them, so it models the particles' joint render distribution.
+
+Delta distillation (Eq. 13): with ``reference_rgb`` (the retrieved asset rendered at the same
+cameras) the velocity becomes ``v̂ = v(θ) − v(θ_ret)`` evaluated with the *same* t and ε, applied
+every ``delta_every`` steps; the shared helper is
+:func:`ra3d.guidance.sds.distillation_residual`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ra3d.cameras import Cameras
+from ra3d.errors import ConfigError
+from ra3d.guidance.base import GuidanceOutput
+from ra3d.guidance.lora import (
+    CAMERA_CONDITION_TYPES,
+    LORA_TARGET_MODULES,
+    AdapterManager,
+    CameraConditioner,
+    CameraEmbedding,
+    camera_condition,
+    drop_camera_condition,
+    lora_config,
+    time_embedding_dim,
+)
+from ra3d.guidance.prior import DiffusionPrior
+from ra3d.guidance.sds import (
+    SDSGuidance,
+    classifier_free_guidance,
+    clean_grad,
+    distillation_loss,
+    distillation_residual,
+    guided_noise_prediction,
+    sample_noise,
+    timestep_weight,
+)
+from ra3d.schedule import Scheduled, scheduled_value
+
+logger = logging.getLogger("ra3d.guidance.vsd")
+
+#: Adapter names on the shared UNet: ζ (the VSD score model) and ω (view adaptation, Eq. 12).
+VSD_ADAPTER = "vsd"
+VIEW_ADAPTER = "view"
+
+
+class VSDGuidance(SDSGuidance):
+    """VSD guidance: prior ``ε_φ`` (or ``ε_(φ,ω)``) against a LoRA + camera score model ``ε_(φ,ζ)``.
+
+    Args:
+        prior: a :class:`DiffusionPrior`, or a hub id / local folder to load one from.
+        guidance_scale: classifier-free guidance scale of the prior term (7.5, ProlificDreamer).
+        guidance_scale_lora: classifier-free guidance scale of the score model (1.0: the
+            camera-conditioned prediction alone, no unconditional pass).
+        min_step_percent, max_step_percent: range of t for the distillation term as fractions of
+            T, each constant or ``[start_step, start, end, end_step]``; ProlificDreamer uses 0.02
+            and ``[5000, 0.98, 0.5, 5001]``.
+        lora_rank: rank r of ζ. 4 is what ProlificDreamer uses (the default rank of the diffusers
+            LoRA attention processors it attaches to every attention layer).
+        lora_alpha: LoRA α; None means α = r (scaling 1, as those processors).
+        camera_condition_type: ``"extrinsics"`` (flattened camera-to-world, ProlificDreamer) or
+            ``"mvp"`` (flattened world-to-clip).
+        camera_dropout: probability that the score-model *training* sees a zero camera (so an
+            unconditional score model is learnt for ``guidance_scale_lora != 1``); 0.1.
+        lora_n_timestamp_samples: how many (t', ε') draws per render train the score model.
+        weighting: w(t): ``"sds"`` (1 − ᾱ_t), ``"uniform"`` or ``"fantasia3d"``.
+        view_adapter_path: safetensors file of the view-adaptation adapter ω (Eq. 12), loaded
+            frozen; the prior term then uses ``base + ω``.
+        delta_every: apply delta distillation (when a reference is given) on steps where
+            ``global_step % delta_every == 0``.
+        lora_lr: learning rate of ζ and the camera embedding (1e-4, ProlificDreamer).
+        grad_clip, half_precision_weights, negative_prompt, use_view_dependent_prompt,
+        front_threshold, back_threshold, overhead_threshold: as in :class:`SDSGuidance`.
+        seed: seeds a private CPU generator for t, ε, t', ε' and camera dropout.
+    """
+
+    def __init__(
+        self,
+        prior: DiffusionPrior | str,
+        guidance_scale: float = 7.5,
+        guidance_scale_lora: float = 1.0,
+        min_step_percent: Scheduled = 0.02,
+        max_step_percent: Scheduled = 0.98,
+        lora_rank: int = 4,
+        lora_alpha: float | None = None,
+        camera_condition_type: str = "extrinsics",
+        camera_dropout: float = 0.1,
+        lora_n_timestamp_samples: int = 1,
+        weighting: str = "sds",
+        view_adapter_path: str | None = None,
+        delta_every: int = 1,
+        lora_lr: float = 1e-4,
+        grad_clip: Scheduled | None = None,
+        half_precision_weights: bool = True,
+        negative_prompt: str = "",
+        use_view_dependent_prompt: bool = True,
+        front_threshold: float = 45.0,
+        back_threshold: float = 45.0,
+        overhead_threshold: float = 60.0,
+        seed: int | None = None,
+    ) -> None:
+        if camera_condition_type not in CAMERA_CONDITION_TYPES:
+            raise ConfigError(
+                f"camera_condition_type must be one of {CAMERA_CONDITION_TYPES}, "
+                f"got {camera_condition_type!r}"
+            )
+        if not 0.0 <= camera_dropout <= 1.0:
+            raise ConfigError(f"camera_dropout must lie in [0, 1], got {camera_dropout}")
+        if lora_n_timestamp_samples < 1:
+            raise ConfigError(
+                f"lora_n_timestamp_samples must be >= 1, got {lora_n_timestamp_samples}"
+            )
+        if delta_every < 1:
+            raise ConfigError(f"delta_every must be >= 1 (1 = every step), got {delta_every}")
+        if lora_rank < 1:
+            raise ConfigError(f"lora_rank must be >= 1, got {lora_rank}")
+        if lora_lr <= 0:
+            raise ConfigError(f"lora_lr must be positive, got {lora_lr}")
+        super().__init__(
+            prior,
+            guidance_scale=guidance_scale,
+            min_step_percent=min_step_percent,
+            max_step_percent=max_step_percent,
+            weighting=weighting,
+            grad_clip=grad_clip,
+            half_precision_weights=half_precision_weights,
+            negative_prompt=negative_prompt,
+            use_view_dependent_prompt=use_view_dependent_prompt,
+            front_threshold=front_threshold,
+            back_threshold=back_threshold,
+            overhead_threshold=overhead_threshold,
+            seed=seed,
+        )
+        self.guidance_scale_lora = float(guidance_scale_lora)
+        self.camera_condition_type = camera_condition_type
+        self.camera_dropout = float(camera_dropout)
+        self.lora_n_timestamp_samples = int(lora_n_timestamp_samples)
+        self.delta_every = int(delta_every)
+        self.lora_lr = float(lora_lr)
+
+        unet = self.prior.unet
+        self.adapters: AdapterManager = AdapterManager.for_unet(unet)
+        self.adapters.add(
+            VSD_ADAPTER, lora_config(lora_rank, lora_alpha, LORA_TARGET_MODULES), trainable=True
+        )
+        self.prior_adapters: list[str] = []
+        if view_adapter_path is not None:
+            self.load_adapter(view_adapter_path, VIEW_ADAPTER, trainable=False)
+            self.prior_adapters = [VIEW_ADAPTER]
+        # Float32 whatever the UNet precision: it is trained with Adam, like the LoRA weights
+        # (peft keeps adapter weights in float32 on half-precision layers).
+        self.camera_embedding = CameraEmbedding(16, time_embedding_dim(unet)).to(self.prior.device)
+        self.camera_conditioner = CameraConditioner(unet, self.camera_embedding)
+        logger.info(
+            "VSD: one shared UNet; prior term uses %s, score model uses base+%s (rank %d)",
+            "base+" + "+".join(self.prior_adapters) if self.prior_adapters else "base",
+            VSD_ADAPTER,
+            lora_rank,
+        )
+
+    # ------------------------------------------------------------------ parameters / adapters
+    def lora_parameters(self) -> list[nn.Parameter]:
+        """ζ and the camera embedding: everything the score-model loss trains."""
+        return self.adapters.parameters(VSD_ADAPTER) + list(self.camera_embedding.parameters())
+
+    def trainable_parameter_groups(self) -> list[dict]:
+        """Optimizer groups for the system: ζ + camera embedding at ``lora_lr``."""
+        params = [p for p in self.lora_parameters() if p.requires_grad]
+        return [{"params": params, "lr": self.lora_lr, "name": "vsd_lora"}]
+
+    def save_adapter(self, path: str | Path, name: str = VSD_ADAPTER) -> Path:
+        """Save adapter ``name`` as safetensors; the VSD adapter carries its camera embedding."""
+        extra = None
+        if name == VSD_ADAPTER:
+            extra = {k: v for k, v in self.camera_embedding.state_dict().items()}
+        return self.adapters.save(path, name, extra=extra)
+
+    def load_adapter(self, path: str | Path, name: str, trainable: bool) -> None:
+        """Load a safetensors adapter as ``name`` (created if absent). A file with a camera
+        embedding restores it too when loaded as the VSD adapter."""
+        _, extra = self.adapters.load(path, name, trainable=trainable)
+        if extra and name == VSD_ADAPTER:
+            missing, unexpected = self.camera_embedding.load_state_dict(extra, strict=False)
+            if missing or unexpected:
+                raise ValueError(
+                    f"{path}: camera embedding does not fit (missing {missing}, unexpected "
+                    f"{unexpected}); was it saved with another UNet?"
+                )
+            self.camera_embedding.requires_grad_(trainable)
+
+    # ------------------------------------------------------------------ the two noise models
+    def camera_condition(self, cameras: Cameras) -> Tensor:
+        """ψ as the score model sees it: ``[B, 16]`` on the prior's device."""
+        return camera_condition(cameras, self.camera_condition_type).to(self.prior.device)
+
+    def prior_noise(self, latents_noisy: Tensor, t: Tensor, cond: Tensor, uncond: Tensor) -> Tensor:
+        """ε_φ (or ε_(φ,ω)) with classifier-free guidance at ``guidance_scale``."""
+        with self.adapters.use(self.prior_adapters):
+            return guided_noise_prediction(
+                self.prior, latents_noisy, t, cond, uncond, self.guidance_scale
+            )
+
+    def score_model_noise(
+        self, latents_noisy: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, camera: Tensor
+    ) -> Tensor:
+        """ε_(φ,ζ)(x_t, t, c, ψ): base + ζ with the camera embedding; classifier-free guidance
+        at ``guidance_scale_lora`` against (negative prompt, zero camera) when it is not 1."""
+        with self.adapters.use([VSD_ADAPTER]):
+            if self.guidance_scale_lora == 1.0:
+                with self.camera_conditioner.condition(camera):
+                    return self.prior.predict_noise(latents_noisy, t, cond)
+            both_cam = torch.cat([torch.zeros_like(camera), camera])
+            with self.camera_conditioner.condition(both_cam):
+                eps = self.prior.predict_noise(
+                    torch.cat([latents_noisy, latents_noisy]),
+                    torch.cat([t, t]),
+                    torch.cat([uncond, cond]),
+                )
+        eps_uncond, eps_cond = eps.chunk(2)
+        return classifier_free_guidance(eps_uncond, eps_cond, self.guidance_scale_lora)
+
+    def lora_loss(
+        self,
+        latents: Tensor,
+        cond: Tensor,
+        camera: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Diffusion loss of the score model on detached render latents ``[B, C, h, w]``.
+
+        ``t' ~ U{0, …, T−1}``, fresh ε' (or the given ``t [nB]``, ``noise [nB, C, h, w]``, with
+        n = ``lora_n_timestamp_samples``), camera dropout; the target follows the prior's
+        parameterisation (ε, v = α ε − σ z, or z) since ζ is a residual on the same UNet.
+        """
+        n = self.lora_n_timestamp_samples
+        z = latents.detach().float().repeat(n, 1, 1, 1)  # [nB, C, h, w]
+        bn = z.shape[0]
+        if t is None:
+            gen_device = generator.device if generator is not None else z.device
+            t = torch.randint(
+                0, self.prior.num_train_timesteps, (bn,), generator=generator, device=gen_device
+            )
+        if noise is None:
+            noise = sample_noise(z, generator)
+        if t.shape != (bn,) or noise.shape != z.shape:
+            raise ValueError(
+                f"lora_loss needs t [{bn}] and noise {tuple(z.shape)}; got {tuple(t.shape)}, "
+                f"{tuple(noise.shape)}"
+            )
+        t = t.to(z.device).long()
+        noise = noise.to(z.device).float()
+        noisy = self.prior.add_noise(z, noise, t)
+        cam = drop_camera_condition(camera.repeat(n, 1), self.camera_dropout, generator)
+        text = cond.repeat(n, 1, 1)
+        prediction_type = self.prior.prediction_type
+        if prediction_type == "epsilon":
+            target = noise
+        elif prediction_type == "v_prediction":
+            abar = self.prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+            target = abar.sqrt() * noise - (1.0 - abar).sqrt() * z
+        else:  # "sample"
+            target = z
+        dtype = self.prior.dtype
+        with self.adapters.use([VSD_ADAPTER]), self.camera_conditioner.condition(cam):
+            out = self.prior.unet(noisy.to(dtype), t, encoder_hidden_states=text.to(dtype)).sample
+        return F.mse_loss(out.float(), target, reduction="mean")
+
+    # ------------------------------------------------------------------ Guidance API
+    def forward_latents(
+        self,
+        latents: Tensor,
+        cameras: Cameras,
+        prompt: str,
+        reference_latents: Tensor | None = None,
+        *,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> GuidanceOutput:
+        """VSD on latents ``[B, C, h, w]``: ``∂loss_vsd/∂latents = w(t)(ε_φ − ε_(φ,ζ)) / B``
+        (minus the same at ``reference_latents`` on delta steps) and the score-model loss.
+        ``t [B]`` and ``noise`` of the distillation term may be given explicitly."""
+        b = latents.shape[0]
+        if latents.ndim != 4:
+            raise ValueError(f"latents must be [B, C, h, w], got {tuple(latents.shape)}")
+        if len(cameras) != b:
+            raise ValueError(f"got {len(cameras)} cameras for a batch of {b} images")
+        gen = generator if generator is not None else self.generator
+        device = latents.device
+        if t is None:
+            t = self.timesteps.sample(b, generator=gen, device=device)
+        if noise is None:
+            noise = sample_noise(latents, gen)
+        if t.shape != (b,) or noise.shape != latents.shape:
+            raise ValueError(
+                f"t must be [B]={b} and noise {tuple(latents.shape)}; got {tuple(t.shape)}, "
+                f"{tuple(noise.shape)}"
+            )
+        t = t.to(device).long()
+        cond, uncond = self.prompt_embeddings(prompt).get(cameras)
+        camera = self.camera_condition(cameras)  # [B, 16]
+
+        def residual_fn(latents_noisy: Tensor, tt: Tensor, eps: Tensor) -> Tensor:
+            k = latents_noisy.shape[0] // b  # 2 when the reference rides in the same batch
+            c, u, cam = cond.repeat(k, 1, 1), uncond.repeat(k, 1, 1), camera.repeat(k, 1)
+            eps_prior = self.prior_noise(latents_noisy, tt, c, u)
+            eps_score = self.score_model_noise(latents_noisy, tt, c, u, cam)
+            return eps_prior - eps_score
+
+        apply_delta = reference_latents is not None and self.global_step % self.delta_every == 0
+        residual = distillation_residual(
+            residual_fn, self.prior, latents, noise, t, reference_latents if apply_delta else None
+        )
+        w = timestep_weight(self.weighting, self.prior.alphas_cumprod, t).view(-1, 1, 1, 1)
+        clip = None if self.grad_clip is None else scheduled_value(self.grad_clip, self.global_step)
+        grad = clean_grad(w * residual, clip)
+        loss_vsd = distillation_loss(latents, grad)
+        loss_lora = self.lora_loss(latents, cond, camera, generator=gen)
+        return GuidanceOutput(
+            loss=loss_vsd + loss_lora,
+            terms={"loss_vsd": loss_vsd, "loss_lora": loss_lora},
+            diagnostics={
+                "t": float(t.float().mean()),
+                "grad_norm": float(grad.norm()),
+                "delta_applied": float(apply_delta),
+                "min_step": float(self.min_step),
+                "max_step": float(self.max_step),
+            },
+        )
