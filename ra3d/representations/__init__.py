@@ -1,5 +1,5 @@
 """3D representations θ with differentiable renderers g(θ, ψ)."""
 
-from ra3d.representations.base import Representation, RenderOutput, TriangleMesh
+from ra3d.representations.base import RenderOutput, Representation, TriangleMesh
 
 __all__ = ["RenderOutput", "Representation", "TriangleMesh"]
