@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -152,13 +151,6 @@ class RandomCameraDataModule(pl.LightningDataModule):
         self.eval_camera_distance = eval_camera_distance
         self.eval_fovy_deg = eval_fovy_deg
         self.n_val_views, self.n_test_views = n_val_views, n_test_views
-
-    def transfer_batch_to_device(
-        self, batch: Any, device: torch.device, dataloader_idx: int
-    ) -> Any:
-        if isinstance(batch, Cameras):
-            return batch.to(device)
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def state_dict(self) -> dict[str, int]:
         """Saved in checkpoints: the step to resume the camera stream from."""

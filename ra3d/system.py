@@ -129,13 +129,6 @@ class RA3DSystem(pl.LightningModule):
         self.strict_loading = False  # frozen prior weights are not stored; see on_load_checkpoint
 
     # ------------------------------------------------------------------ training
-    def transfer_batch_to_device(
-        self, batch: Any, device: torch.device, dataloader_idx: int
-    ) -> Any:
-        if isinstance(batch, Cameras):
-            return batch.to(device)
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def _weight(self, name: str) -> float:
         return scheduled_value(self.loss_weights.get(name, 0.0), self.global_step)
 

@@ -56,9 +56,12 @@ def test_fit_writes_images_and_checkpoint_and_resumes_exactly(tmp_path: Path) ->
     for key, value in state_straight.items():
         torch.testing.assert_close(state_resumed[key], value, rtol=0, atol=0, msg=key)
 
-    # No frozen Stable Diffusion weights in the checkpoint.
+    # No frozen Stable Diffusion weights in the checkpoint: only the VSD LoRA (ζ) and its camera
+    # embedding, which are trained.
     full = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert not any(k.startswith("guidance.prior.") for k in full)
+    guidance_keys = [k for k in full if k.startswith("guidance.")]
+    assert guidance_keys and all(".lora_" in k or "camera_embedding" in k for k in guidance_keys)
+    assert "guidance.prior.unet.conv_in.weight" not in full
 
 
 def test_test_subcommand_writes_a_turntable(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from ra3d.cameras import make_cameras, view_direction, view_prompt
 from ra3d.errors import ConfigError, OfflineModelError
 from ra3d.guidance.prior import DiffusionPrior
 from ra3d.guidance.prompts import PromptEmbeddings
+from ra3d.guidance.tiny import build_tiny_stable_diffusion
 
 
 @pytest.fixture(scope="module")
@@ -392,3 +393,11 @@ def test_prompt_embeddings_thresholds(prior: DiffusionPrior) -> None:
         PromptEmbeddings(prior, "a cat", front_threshold=100.0, back_threshold=100.0)
     with pytest.raises(ConfigError, match="non-empty"):
         PromptEmbeddings(prior, "  ")
+
+
+def test_building_the_tiny_model_leaves_the_global_rng_alone(tmp_path: Path) -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build_tiny_stable_diffusion(tmp_path / "m", seed=5)
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)

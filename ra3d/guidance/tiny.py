@@ -130,6 +130,13 @@ def write_clip_tokenizer(folder: str | Path, bpe_path: str | Path | None = None)
 
 
 def build_tiny_stable_diffusion(path: str | Path, seed: int = 0, image_size: int = 64) -> Path:
+    """Build the tiny model (see :func:`_build_tiny_stable_diffusion`) without touching the caller's
+    global RNG: building it inside a run must not change that run's random initialisation."""
+    with torch.random.fork_rng(devices=[]):
+        return _build_tiny_stable_diffusion(path, seed=seed, image_size=image_size)
+
+
+def _build_tiny_stable_diffusion(path: str | Path, seed: int = 0, image_size: int = 64) -> Path:
     """Build a random-weight Stable Diffusion with SD's classes and save it to ``path``.
 
     Sizes: VAE with 3 blocks (latents are ``image_size / 4`` with 4 channels), a 2-level UNet of
