@@ -348,6 +348,31 @@ class SDSGuidance(Guidance):
             latents, cameras, prompt, reference_latents, generator=generator
         )
 
+    def _draw_t_and_noise(
+        self,
+        latents: Tensor,
+        cameras: Cameras,
+        t: Tensor | None,
+        noise: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Check the batch and draw what was not given: t first, then ε, from ``generator``, else
+        the guidance's seeded generator, else the global RNG (the same order in SDS and VSD)."""
+        b = latents.shape[0]
+        if len(cameras) != b:
+            raise ValueError(f"got {len(cameras)} cameras for a batch of {b} images")
+        gen = generator if generator is not None else self.generator
+        if t is None:
+            t = self.timesteps.sample(b, generator=gen, device=latents.device)
+        if noise is None:
+            noise = sample_noise(latents, gen)
+        if t.shape != (b,) or noise.shape != latents.shape:
+            raise ValueError(
+                f"t must be [B]={b} and noise {tuple(latents.shape)}; got {tuple(t.shape)}, "
+                f"{tuple(noise.shape)}"
+            )
+        return t.to(latents.device).long(), noise
+
     def forward_latents(
         self,
         latents: Tensor,
@@ -365,20 +390,7 @@ class SDSGuidance(Guidance):
         ε — from ``generator``, else the guidance's seeded generator, else the global RNG.
         """
         b = latents.shape[0]
-        if len(cameras) != b:
-            raise ValueError(f"got {len(cameras)} cameras for a batch of {b} images")
-        gen = generator if generator is not None else self.generator
-        device = latents.device
-        if t is None:
-            t = self.timesteps.sample(b, generator=gen, device=device)
-        if noise is None:
-            noise = sample_noise(latents, gen)
-        if t.shape != (b,) or noise.shape != latents.shape:
-            raise ValueError(
-                f"t must be [B]={b} and noise {tuple(latents.shape)}; got {tuple(t.shape)}, "
-                f"{tuple(noise.shape)}"
-            )
-        t = t.to(device).long()
+        t, noise = self._draw_t_and_noise(latents, cameras, t, noise, generator)
         cond, uncond = self.prompt_embeddings(prompt).get(cameras)
 
         def residual_fn(latents_noisy: Tensor, tt: Tensor, eps: Tensor) -> Tensor:

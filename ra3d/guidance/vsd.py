@@ -318,20 +318,7 @@ class VSDGuidance(SDSGuidance):
         b = latents.shape[0]
         if latents.ndim != 4:
             raise ValueError(f"latents must be [B, C, h, w], got {tuple(latents.shape)}")
-        if len(cameras) != b:
-            raise ValueError(f"got {len(cameras)} cameras for a batch of {b} images")
-        gen = generator if generator is not None else self.generator
-        device = latents.device
-        if t is None:
-            t = self.timesteps.sample(b, generator=gen, device=device)
-        if noise is None:
-            noise = sample_noise(latents, gen)
-        if t.shape != (b,) or noise.shape != latents.shape:
-            raise ValueError(
-                f"t must be [B]={b} and noise {tuple(latents.shape)}; got {tuple(t.shape)}, "
-                f"{tuple(noise.shape)}"
-            )
-        t = t.to(device).long()
+        t, noise = self._draw_t_and_noise(latents, cameras, t, noise, generator)
         cond, uncond = self.prompt_embeddings(prompt).get(cameras)
         camera = self.camera_condition(cameras)  # [B, 16]
 
@@ -350,7 +337,9 @@ class VSDGuidance(SDSGuidance):
         clip = None if self.grad_clip is None else scheduled_value(self.grad_clip, self.global_step)
         grad = clean_grad(w * residual, clip)
         loss_vsd = distillation_loss(latents, grad)
-        loss_lora = self.lora_loss(latents, cond, camera, generator=gen)
+        loss_lora = self.lora_loss(
+            latents, cond, camera, generator=generator if generator is not None else self.generator
+        )
         return GuidanceOutput(
             loss=loss_vsd + loss_lora,
             terms={"loss_vsd": loss_vsd, "loss_lora": loss_lora},
