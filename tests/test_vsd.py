@@ -380,6 +380,34 @@ def test_adapter_switch_keeps_declared_trainability(tiny_prior_path: Path) -> No
     assert manager.active == ()
 
 
+def test_fast_adapter_switch_matches_peft_public_api(tiny_prior_path: Path) -> None:
+    """The manager's attribute-only switch computes what peft's own set_adapter computes."""
+    prior = DiffusionPrior(str(tiny_prior_path), device="cpu")
+    manager = AdapterManager.for_unet(prior.unet)
+    manager.add("a", lora_config(2), trainable=True)
+    manager.add("b", lora_config(2), trainable=False)
+    torch.manual_seed(0)
+    for p in manager.parameters("a") + manager.parameters("b"):
+        p.data.normal_(0.0, 0.3)  # make both adapters change the output
+    x = torch.randn(1, prior.latent_channels, 16, 16)
+    t = torch.tensor([500])
+    text = torch.randn(1, 77, prior.text_encoder.config.hidden_size)
+    outputs = {}
+    with torch.no_grad():
+        for names in (["a"], ["b"], [], ["a", "b"], ["b"]):
+            with manager.use(names):
+                outputs[tuple(names)] = prior.unet(x, t, text).sample
+        for names, fast in outputs.items():
+            if names:
+                prior.unet.set_adapters(list(names))
+                prior.unet.enable_adapters()
+            else:
+                prior.unet.disable_adapters()
+            torch.testing.assert_close(prior.unet(x, t, text).sample, fast, rtol=0, atol=0)
+    assert not torch.equal(outputs[("a",)], outputs[("b",)])
+    assert not torch.equal(outputs[("a",)], outputs[()])
+
+
 def test_adapters_stay_float32_on_a_half_precision_unet(tiny_prior_path: Path) -> None:
     half = DiffusionPrior(str(tiny_prior_path), device="cpu", dtype="bfloat16")
     gh = VSDGuidance(half, seed=0)

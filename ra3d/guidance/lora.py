@@ -223,6 +223,7 @@ class AdapterManager:
         self._configs: dict[str, LoraConfig] = {}
         self._active: tuple[str, ...] = ()
         self._layers: list[BaseTunerLayer] = []
+        self._flags_ready = False  # requires_grad flags set once by the public peft API
         self._params: dict[str, list[tuple[str, nn.Parameter]]] = {}  # per-adapter cache
 
     @classmethod
@@ -303,7 +304,7 @@ class AdapterManager:
         for p in params:
             if p.dtype in (torch.float16, torch.bfloat16):
                 p.data = p.data.float()
-        self._apply(self._active)
+        self._apply(self._active, force=True)
         logger.info(
             "added LoRA adapter %r (rank %d, %d tensors, trainable=%s)",
             name,
@@ -323,8 +324,31 @@ class AdapterManager:
             for p in self.parameters(adapter):
                 p.requires_grad_(trainable)
 
-    def _apply(self, names: Sequence[str]) -> None:
+    def _apply(self, names: Sequence[str], force: bool = False) -> None:
+        """Select ``names`` on every LoRA layer.
+
+        peft's ``set_adapter``/``enable_adapters`` also rewrite ``requires_grad`` of every adapter
+        tensor, which we then restore; on a full SD UNet that costs ~20 ms per switch and a VSD
+        step switches several times. Once the flags are right (``force`` or the first call), a
+        switch only needs the two attributes peft's LoRA forward reads, so set those directly when
+        the installed peft has them (checked, with the public API as the fallback).
+        """
         names = list(names)
+        fast = (
+            not force
+            and self._flags_ready
+            and all(
+                hasattr(layer, "_active_adapter") and hasattr(layer, "_disable_adapters")
+                for layer in self._layers[:1]
+            )
+        )
+        if fast:
+            for layer in self._layers:
+                if names:
+                    layer._active_adapter = names
+                layer._disable_adapters = not names
+            self._active = tuple(names)
+            return
         for layer in self._layers:
             if names:
                 layer.set_adapter(names)
@@ -333,6 +357,7 @@ class AdapterManager:
                 layer.enable_adapters(False)
         self._active = tuple(names)
         self._restore_requires_grad()
+        self._flags_ready = True
 
     def activate(self, names: Sequence[str] | str | None) -> None:
         """Make exactly ``names`` active (``None``/``[]``: the base UNet alone)."""
