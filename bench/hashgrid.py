@@ -1,7 +1,9 @@
 """Benchmark the Instant-NGP hash encoding: forward and forward+backward throughput (points/s).
 
-Runs the torch backend on the chosen device and, on CUDA with tinycudann importable, the tcnn
-backend too, with the default 16-level config (2 features, 2^19 table, base 16, scale 1.447).
+Runs the torch backend on the chosen device and, on CUDA, the Triton kernels (when triton imports)
+and the tcnn backend (when tinycudann imports) too, with the default 16-level config (2 features,
+2^19 table, base 16, scale 1.447). Each backend's first calls (warm-up, untimed) include Triton's
+JIT compilation.
 The backward computes gradients for the table *and* the inputs (a NeRF needs both for analytic
 normals). Prints a markdown table; ``--json PATH`` also writes the rows as JSON.
 
@@ -9,6 +11,7 @@ Examples::
 
     python bench/hashgrid.py --device cpu --batch-sizes 16384 65536 --repeats 3
     python bench/hashgrid.py --device cuda --json hashgrid_cuda.json
+    python bench/hashgrid.py --device cuda --backends torch triton --batch-sizes 262144 4194304
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ra3d.representations.hashgrid import HashGridEncoding, tcnn_available
+from ra3d.representations.hashgrid import HashGridEncoding, tcnn_available, triton_available
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,9 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--backends",
         nargs="+",
-        choices=["torch", "tcnn"],
-        default=["torch", "tcnn"],
-        help="backends to time; tcnn is skipped unless on CUDA with tinycudann",
+        choices=["torch", "triton", "tcnn"],
+        default=["torch", "triton", "tcnn"],
+        help="backends to time; triton and tcnn are skipped unless on CUDA with triton / "
+        "tinycudann importable",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
@@ -137,6 +141,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if "tcnn" in backends and not (device.type == "cuda" and tcnn_available()):
         print("(skipping tcnn: needs --device cuda and an importable tinycudann)")
         backends.remove("tcnn")
+    if "triton" in backends and not (device.type == "cuda" and triton_available()):
+        print("(skipping triton: needs --device cuda and an importable triton)")
+        backends.remove("triton")
     rows = [bench_one(b, device, n, args) for b in backends for n in args.batch_sizes]
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     print(

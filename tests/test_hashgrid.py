@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
+import subprocess
 import sys
 import types
 
@@ -23,6 +25,7 @@ from torch.func import functional_call
 from ra3d.representations import hashgrid as hg
 from ra3d.representations.hashgrid import (
     TCNN_INSTALL_HINT,
+    TRITON_REQUIREMENT,
     HashGridEncoding,
     hashgrid_level_resolutions,
 )
@@ -431,3 +434,303 @@ def test_tcnn_and_torch_backends_agree() -> None:
     # boundary may legitimately differ; all others must agree.
     rel = (gx_t - gx_p).norm(dim=1) / gx_p.norm(dim=1)
     assert (rel < 1e-2).float().mean() > 0.99
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton backend
+# ----------------------------------------------------------------------------------------------
+# With CUDA and triton these tests run the compiled kernels against the torch backend. Without a
+# GPU they can run the same kernels in Triton's numpy interpreter (slow, needs triton; opt-in):
+#     RA3D_TEST_TRITON_INTERPRET=1 python -m pytest -q tests/test_hashgrid.py -k triton
+# Triton decides between compiled and interpreted kernels when hashgrid_triton is imported, so
+# the switch is set here, at collection, before anything imports it (ra3d imports it lazily).
+TRITON_INTERPRET_OPT_IN = os.environ.get("RA3D_TEST_TRITON_INTERPRET") == "1"
+if TRITON_INTERPRET_OPT_IN:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+needs_triton_runtime = pytest.mark.skipif(
+    not (torch.cuda.is_available() or TRITON_INTERPRET_OPT_IN),
+    reason="needs CUDA + triton (or RA3D_TEST_TRITON_INTERPRET=1 for Triton's CPU interpreter)",
+)
+
+# 16 levels as in the NeRF config, with a small table so that most levels are hashed.
+MANY_LEVELS = dict(n_levels=16, base_resolution=16, per_level_scale=1.447, log2_hashmap_size=14)
+TRITON_CONFIGS = {
+    "tiny": TINY,  # dense level with integer scale (boundary wrap) + 2 hashed levels
+    "dense": DENSE,  # 4 dense levels (fractional scales) + 1 hashed
+    "f1": {**SMALL, "n_features_per_level": 1},
+    "f3": {**TINY, "n_features_per_level": 3},  # F not a power of two: padded feature lanes
+    "2d_f4": {**SMALL, "n_input_dims": 2, "n_features_per_level": 4},
+    "1d": {**SMALL, "n_input_dims": 1},
+    "many_levels": MANY_LEVELS,
+}
+
+
+@pytest.fixture
+def triton_device() -> str:
+    """ "cuda" (compiled kernels) or "cpu" (interpreter, when opted in); skips otherwise."""
+    if not hg.triton_available():
+        pytest.skip(f"triton not importable: {hg._triton_import_result()[1]}")
+    from ra3d.representations import hashgrid_triton
+
+    if hashgrid_triton.interpreter_active():
+        return "cpu"
+    if TRITON_INTERPRET_OPT_IN:
+        pytest.fail("RA3D_TEST_TRITON_INTERPRET=1 but hashgrid_triton was imported uninterpreted")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    return "cuda"
+
+
+def triton_pair(
+    config: dict, device: str, dtype: torch.dtype, seed: int = 0
+) -> tuple[HashGridEncoding, HashGridEncoding]:
+    """(torch backend, triton backend) encoders on ``device`` with identical parameters."""
+    ref = make(config, dtype=dtype, seed=seed).to(device)
+    tri = HashGridEncoding(**config, backend="triton", dtype=dtype).to(device)
+    tri.load_state_dict(ref.state_dict())
+    assert ref.backend == "torch" and tri.backend == "triton"
+    return ref, tri
+
+
+def boundary_points(enc: HashGridEncoding, n_random: int, dtype: torch.dtype, seed: int = 0):
+    """Random points plus the hard cases: every cube corner (0/1 coordinates), coordinates just
+    below 1, points in the dense levels' wrap slab near the upper faces, and points exactly on
+    lattice planes of every level (``x * scale + 0.5`` integral: frac = 0)."""
+    dims = enc.n_input_dims
+    gen = torch.Generator().manual_seed(seed)
+    parts = [torch.rand(n_random, dims, generator=gen, dtype=dtype)]
+    parts.append(torch.tensor(list(itertools.product((0.0, 1.0), repeat=dims)), dtype=dtype))
+    near_one = torch.tensor([1 - 2**-24, 1 - 2**-20, 1 - 1e-3], dtype=dtype)
+    parts.append(near_one[torch.randint(0, 3, (12, dims), generator=gen)])
+    parts.append(0.9 + 0.1 * torch.rand(16, dims, generator=gen, dtype=dtype))  # wrap slabs
+    for scale in enc.level_scales:
+        k = torch.randint(1, max(2, int(scale)), (2, dims), generator=gen).to(dtype)
+        parts.append(((k - 0.5) / torch.tensor(scale, dtype=dtype)).clamp(0, 1))
+    return torch.cat(parts)
+
+
+def _tolerances(dtype: torch.dtype) -> dict:
+    return dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+
+
+@needs_triton_runtime
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", list(TRITON_CONFIGS))
+def test_triton_forward_matches_torch_backend(
+    triton_device: str, name: str, dtype: torch.dtype
+) -> None:
+    ref, tri = triton_pair(TRITON_CONFIGS[name], triton_device, dtype)
+    x = boundary_points(ref, 200, dtype).to(triton_device)
+    out = tri(x)
+    assert out.shape == (x.shape[0], ref.n_output_dims) and out.dtype == dtype
+    torch.testing.assert_close(out, ref(x), **_tolerances(dtype))
+
+
+@needs_triton_runtime
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", list(TRITON_CONFIGS))
+def test_triton_gradients_match_torch_backend(
+    triton_device: str, name: str, dtype: torch.dtype
+) -> None:
+    ref, tri = triton_pair(TRITON_CONFIGS[name], triton_device, dtype)
+    x = boundary_points(ref, 200, dtype).to(triton_device)
+    torch.manual_seed(7)
+    weights = torch.randn(x.shape[0], ref.n_output_dims, dtype=dtype).to(triton_device)
+    grads = []
+    for enc in (ref, tri):
+        xi = x.clone().requires_grad_()
+        (enc(xi) * weights).sum().backward()
+        grads.append((enc.params.grad, xi.grad))
+    (gp_ref, gx_ref), (gp_tri, gx_tri) = grads
+    # Atomic adds reorder the sums of the table gradient (and of the input gradient over levels).
+    if dtype == torch.float64:
+        torch.testing.assert_close(gp_tri, gp_ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(gx_tri, gx_ref, rtol=1e-9, atol=1e-9)
+    else:
+        torch.testing.assert_close(gp_tri, gp_ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(gx_tri, gx_ref, rtol=1e-4, atol=1e-4 * gx_ref.abs().max().item())
+    assert gp_ref.abs().max() > 0 and gx_ref.abs().max() > 0  # the comparison is not vacuous
+
+
+@needs_triton_runtime
+@pytest.mark.cuda
+def test_triton_partial_gradients(triton_device: str) -> None:
+    """Only the table or only the inputs need gradients: each kernel variant alone."""
+    ref, tri = triton_pair(TINY, triton_device, torch.float64)
+    x = boundary_points(ref, 100, torch.float64, seed=1).to(triton_device)
+    weights = torch.randn(x.shape[0], ref.n_output_dims, dtype=torch.float64).to(x.device)
+    for enc in (ref, tri):
+        enc.params.grad = None
+        (enc(x) * weights).sum().backward()  # x does not require grad
+    torch.testing.assert_close(tri.params.grad, ref.params.grad, rtol=1e-10, atol=1e-10)
+    input_grads = []
+    for enc in (ref, tri):
+        enc.params.requires_grad_(False)
+        xi = x.clone().requires_grad_()
+        (enc(xi) * weights).sum().backward()
+        input_grads.append(xi.grad)
+    torch.testing.assert_close(input_grads[1], input_grads[0], rtol=1e-9, atol=1e-9)
+
+
+@needs_triton_runtime
+@pytest.mark.cuda
+def test_triton_gradcheck_against_finite_differences(triton_device: str) -> None:
+    enc = make({**SMALL, "n_features_per_level": 2}).to(triton_device)
+    tri = HashGridEncoding(**SMALL, backend="triton", dtype=torch.float64).to(triton_device)
+    tri.load_state_dict(enc.state_dict())
+    torch.manual_seed(3)
+    x = (0.05 + 0.9 * torch.rand(6, 3, dtype=torch.float64)).to(triton_device).requires_grad_()
+    params = tri.params.detach().clone().requires_grad_()
+    fast = triton_device == "cpu"  # the interpreter is slow: random projections of the Jacobian
+    assert torch.autograd.gradcheck(
+        _as_function(tri), (x, params), eps=1e-6, atol=1e-6, fast_mode=fast
+    )
+
+
+@needs_triton_runtime
+@pytest.mark.cuda
+def test_triton_double_backward_uses_torch_backward(
+    triton_device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """create_graph=True (analytic normals) runs the torch backend's differentiable backward;
+    a plain backward runs the Triton kernel. Second derivatives equal the torch backend's."""
+    from ra3d.representations import hashgrid_triton
+
+    calls = []
+    original = hashgrid_triton.TritonHashGrid.backward
+
+    def spy(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(hashgrid_triton.TritonHashGrid, "backward", spy)
+    ref, tri = triton_pair(SMALL, triton_device, torch.float64)
+    torch.manual_seed(5)
+    x = (0.05 + 0.9 * torch.rand(40, 3, dtype=torch.float64)).to(triton_device)
+    weights = torch.randn(40, ref.n_output_dims, dtype=torch.float64).to(x.device)
+    probe = torch.randn(40, 3, dtype=torch.float64).to(x.device)
+    results = []
+    for enc in (ref, tri):
+        xi = x.clone().requires_grad_()
+        (normal,) = torch.autograd.grad((enc(xi) * weights).sum(), xi, create_graph=True)
+        ((normal * probe).sum() + normal.square().sum()).backward()
+        results.append((normal.detach(), enc.params.grad, xi.grad))
+    assert calls == []  # both the create_graph backward and the second-order pass avoided Triton
+    for a, b in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    xi = x.clone().requires_grad_()
+    (tri(xi) * weights).sum().backward()
+    assert calls == [1]
+
+
+@needs_triton_runtime
+@pytest.mark.cuda
+def test_triton_hashed_row_matches_hand_computed_hash(triton_device: str) -> None:
+    enc = HashGridEncoding(
+        n_levels=2, base_resolution=128, per_level_scale=2.0, backend="triton", dtype=torch.float64
+    ).to(triton_device)
+    assert enc.level_is_dense == [False, False]
+    with torch.no_grad():  # row r stores (r, -r)
+        r = torch.arange(enc.n_params // 2, dtype=torch.float64, device=triton_device)
+        enc.params.copy_(torch.stack([r, -r], 1).view(-1))
+
+    def row_at(vertex: tuple[int, int, int], level: int) -> int:
+        x = (torch.tensor(vertex, dtype=torch.float64) - 0.5) / enc.level_scales[level]
+        out = enc(x[None].to(triton_device))[0, 2 * level : 2 * level + 2].cpu()
+        assert out[0].item() == pytest.approx(-out[1].item())
+        return round(out[0].item()) - enc.level_offsets[level]
+
+    assert row_at((3, 5, 7), 0) == 329061  # hand-computed, see the torch-backend test
+    # prime products beyond 2^32 (coordinates > 1) exercise the uint32 wrap-around
+    vertex = (250, 251, 249)
+    h = (vertex[0] * PRIMES[0]) ^ (vertex[1] * PRIMES[1]) ^ (vertex[2] * PRIMES[2])
+    assert row_at(vertex, 1) == (h % 2**32) % 2**19
+
+
+@needs_triton_runtime
+@pytest.mark.cuda
+def test_triton_nan_input_gives_nan_and_leaves_other_points_alone(triton_device: str) -> None:
+    ref, tri = triton_pair(TINY, triton_device, torch.float32)
+    x = torch.rand(5, 3).to(triton_device)
+    x[2, 1] = float("nan")
+    out = tri(x)
+    assert out[2].isnan().all()
+    keep = [0, 1, 3, 4]
+    torch.testing.assert_close(out[keep], ref(x)[keep], rtol=1e-5, atol=1e-5)
+
+
+@needs_triton_runtime
+@pytest.mark.cuda
+def test_triton_backend_module_behaviour(
+    triton_device: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ref, tri = triton_pair(TINY, triton_device, torch.float32)
+    tri._logged_choice = None  # triton_pair already asked for .backend, which logged
+    with caplog.at_level("INFO", logger="ra3d.representations.hashgrid"):
+        x = torch.rand(2, 4, 3).to(triton_device)
+        out = tri(x)
+    message = f"triton backend on {triton_device}"
+    assert any(message in r.getMessage() for r in caplog.records)
+    assert out.shape == (2, 4, ref.n_output_dims)
+    torch.testing.assert_close(out, ref(x), rtol=1e-5, atol=1e-5)
+    assert tri(torch.rand(0, 3).to(triton_device)).shape == (0, ref.n_output_dims)
+    twin = copy.deepcopy(tri)  # the kernel launcher is dropped and rebuilt
+    assert twin._triton_impl is None and twin.backend == "triton"
+    torch.testing.assert_close(twin(x), out, rtol=0, atol=0)
+    launcher = tri._triton_impl  # direct misuse of the launcher names the problem
+    params = tri.params.detach()
+    with pytest.raises(ValueError, match="share dtype"):
+        launcher.forward(x.reshape(-1, 3).double(), params)
+    with pytest.raises(ValueError, match=r"points \[N, 3\]"):
+        launcher.forward(x.reshape(-1, 3)[:, :2], params)
+    with pytest.raises(ValueError, match="grad_out must be"):
+        launcher.backward(x.reshape(-1, 3), params, torch.zeros_like(out), True, True)
+    if triton_device == "cuda":  # "auto" keeps preferring tcnn, then torch: never triton (yet)
+        assert HashGridEncoding(**TINY).cuda().backend in ("torch", "tcnn")
+
+
+# -- without triton / without CUDA (CPU-runnable, no triton needed) ---------------------------
+
+
+def test_triton_backend_without_triton_names_the_requirement(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` fail
+    monkeypatch.setitem(sys.modules, "ra3d.representations.hashgrid_triton", None)
+    hg._triton_import_result.cache_clear()
+    try:
+        assert not hg.triton_available()
+        with pytest.raises(ImportError) as info:
+            HashGridEncoding(**TINY, backend="triton")
+        assert TRITON_REQUIREMENT in str(info.value) and "backend='torch'" in str(info.value)
+        assert "`triton` package" in TRITON_REQUIREMENT and "CUDA GPU" in TRITON_REQUIREMENT
+        assert HashGridEncoding(**TINY).backend == "torch"  # auto is unaffected
+    finally:
+        hg._triton_import_result.cache_clear()
+
+
+def test_triton_backend_without_cuda_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.SimpleNamespace(interpreter_active=lambda: False)  # importable, not interpreting
+    monkeypatch.setattr(hg, "_triton_import_result", lambda: (fake, None))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"CUDA GPU.*torch\.cuda\.is_available\(\) is False"):
+        HashGridEncoding(**TINY, backend="triton")
+    # Built where CUDA exists but left on the CPU: the forward names the fix.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    enc = HashGridEncoding(**TINY, backend="triton")
+    assert enc.backend == "triton"
+    with pytest.raises(ValueError, match=r"runs on CUDA only.*\.cuda\(\)"):
+        enc(torch.rand(4, 3))
+
+
+def test_importing_and_using_ra3d_hashgrid_does_not_import_triton_backend() -> None:
+    code = (
+        "import sys, torch\n"
+        "from ra3d.representations.hashgrid import HashGridEncoding\n"
+        "HashGridEncoding(n_levels=2, log2_hashmap_size=8)(torch.rand(3, 3))\n"
+        "assert 'ra3d.representations.hashgrid_triton' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

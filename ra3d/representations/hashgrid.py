@@ -1,13 +1,18 @@
 """Multiresolution hash encoding (Instant-NGP, Müller et al. 2022), the NeRF backbone's input
 encoding (paper §5: "Instant-NGP is used for our NeRF backbone").
 
-Two backends compute the *same function of the same parameters*:
+Three backends compute the *same function of the same parameters*:
 
 * ``"torch"``: pure PyTorch, runs anywhere (CPU included), vectorised over points and levels,
   with a custom autograd function whose backward recomputes corner indices instead of storing
   ``[N, L, 2^d, F]`` intermediates, and whose backward is itself differentiable (double backward
   works, e.g. for losses on analytic normals).
 * ``"tcnn"``: ``tinycudann.Encoding`` with the equivalent ``HashGrid`` config (CUDA only).
+* ``"triton"``: fused Triton kernels (:mod:`ra3d.representations.hashgrid_triton`; CUDA only,
+  imported lazily). Forward and first-order backward (table and input gradients) run in Triton;
+  a backward that must itself be differentiable (``create_graph=True``, e.g. losses on analytic
+  normals) is computed by the torch backend's backward instead, so double backward stays exact.
+  Chosen only when requested explicitly: ``"auto"`` never picks it.
 
 Because the torch backend reproduces tiny-cuda-nn's conventions exactly (level scales, the 0.5
 offset, dense/hashed decision, hash function and parameter layout), both backends read the same flat
@@ -40,6 +45,7 @@ Conventions (tiny-cuda-nn's, i.e. "Instant-NGP's exact formula", not the paper's
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import math
 from dataclasses import dataclass
@@ -66,7 +72,11 @@ HASH_PRIMES: tuple[int, ...] = (
     1434869437,
     2165219737,
 )
-_BACKENDS = ("auto", "torch", "tcnn")
+_BACKENDS = ("auto", "torch", "tcnn", "triton")
+TRITON_REQUIREMENT = (
+    "backend='triton' needs the `triton` package (bundled with PyTorch's CUDA wheels on Linux; "
+    "otherwise `pip install triton`) and a CUDA GPU"
+)
 _DTYPES = (torch.float32, torch.float64)
 # tiny-cuda-nn's HashGrid is compiled for these feature counts.
 _TCNN_FEATURES_PER_LEVEL = (1, 2, 4, 8)
@@ -455,6 +465,46 @@ def tcnn_available() -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Triton backend helpers
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_import_result() -> tuple[ModuleType | None, str | None]:
+    """Import the Triton kernels module (and thus ``triton``) once, on first use only, so that
+    importing ra3d never needs triton."""
+    try:
+        module = importlib.import_module("ra3d.representations.hashgrid_triton")
+    except Exception as error:  # noqa: BLE001 - any failure means "not usable here"
+        return None, f"{type(error).__name__}: {error}"
+    return module, None
+
+
+def _import_triton_backend() -> ModuleType:
+    module, error = _triton_import_result()
+    if module is None:
+        raise ImportError(
+            f"HashGridEncoding: {TRITON_REQUIREMENT}; importing it failed ({error}). Use "
+            "backend='torch' (or 'auto') where triton is unavailable."
+        )
+    return module
+
+
+def triton_available() -> bool:
+    """Whether the Triton backend's kernels import here (``triton`` installed). Running them still
+    needs CUDA tensors (or ``TRITON_INTERPRET=1``, Triton's CPU interpreter, for testing)."""
+    return _triton_import_result()[0] is not None
+
+
+def _triton_runs_on(device: torch.device) -> bool:
+    """Triton kernels take CUDA tensors, or CPU tensors under Triton's interpreter."""
+    if device.type == "cuda":
+        return True
+    module = _triton_import_result()[0]
+    return device.type == "cpu" and module is not None and module.interpreter_active()
+
+
+# --------------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------------
 
@@ -496,13 +546,17 @@ class HashGridEncoding(nn.Module):
         log2_hashmap_size: log2 of the table rows per level ``T`` (1..30).
         base_resolution: vertices per axis of the coarsest level (>= 2).
         per_level_scale: growth factor ``b`` of the resolution between levels (>= 1).
-        backend: ``"torch"`` (pure PyTorch), ``"tcnn"`` (tinycudann; needs CUDA, float32), or
+        backend: ``"torch"`` (pure PyTorch), ``"tcnn"`` (tinycudann; needs CUDA, float32),
+            ``"triton"`` (fused Triton kernels; needs CUDA and ``triton``; float32 or float64;
+            double backward falls back to the torch backend's backward), or
             ``"auto"``: tcnn whenever the parameters are on a CUDA device, the dtype is float32
-            and tinycudann imports; torch otherwise. The choice is made at every forward from the
-            parameters' current device (so build on CPU, ``.cuda()`` later, and it switches);
-            :attr:`backend` reports it and the logger ``ra3d.representations.hashgrid`` logs
-            each change. Both backends share the same parameters and layout.
-        dtype: parameter dtype, float32 or float64 (float64 for gradcheck; torch backend only).
+            and tinycudann imports; torch otherwise (never triton: request it explicitly). The
+            choice is made at every forward from the parameters' current device (so build on
+            CPU, ``.cuda()`` later, and it switches); :attr:`backend` reports it and the logger
+            ``ra3d.representations.hashgrid`` logs each change. All backends share the same
+            parameters and layout.
+        dtype: parameter dtype, float32 or float64 (float64 for gradcheck; torch and triton
+            backends only).
             The output has the parameters' dtype (tcnn: float32).
 
     The layout and exact formulas are documented in the module docstring.
@@ -516,7 +570,7 @@ class HashGridEncoding(nn.Module):
         log2_hashmap_size: int = 19,
         base_resolution: int = 16,
         per_level_scale: float = 1.447,
-        backend: str = "auto",  # "auto" | "torch" | "tcnn"
+        backend: str = "auto",  # "auto" | "torch" | "tcnn" | "triton"
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
@@ -547,6 +601,13 @@ class HashGridEncoding(nn.Module):
                     f"{_TCNN_FEATURES_PER_LEVEL}, got {n_features_per_level}; use backend='torch'"
                 )
             _import_tcnn()
+        if backend == "triton":
+            _import_triton_backend()
+            if not (torch.cuda.is_available() or _triton_runs_on(torch.device("cpu"))):
+                raise ValueError(
+                    f"HashGridEncoding: {TRITON_REQUIREMENT}, but torch.cuda.is_available() is "
+                    "False here; use backend='torch' (or 'auto') on this machine"
+                )
 
         self.n_input_dims = int(n_input_dims)
         self.n_levels = int(n_levels)
@@ -576,6 +637,9 @@ class HashGridEncoding(nn.Module):
         self._tcnn_device: torch.device | None = None
         self._tcnn_failure: str | None = None
         self._logged_choice: tuple[str, str] | None = None
+        # Triton kernel launcher, built on the first triton forward (it caches only the small
+        # per-level tables per device); dropped when pickling.
+        self._triton_impl: Any = None
 
     # -- introspection ------------------------------------------------------------------------
 
@@ -622,7 +686,7 @@ class HashGridEncoding(nn.Module):
 
     @property
     def backend(self) -> str:
-        """The backend a forward would use now ("torch" or "tcnn")."""
+        """The backend a forward would use now ("torch", "tcnn" or "triton")."""
         return self._choose_backend()
 
     def _choose_backend(self) -> str:
@@ -632,6 +696,8 @@ class HashGridEncoding(nn.Module):
             choice = "torch"
         elif self.requested_backend == "tcnn":
             choice = "tcnn"
+        elif self.requested_backend == "triton":
+            choice = "triton"
         elif device.type != "cuda":
             choice, reason = "torch", "parameters are not on CUDA"
         elif self.params.dtype != torch.float32:
@@ -672,6 +738,7 @@ class HashGridEncoding(nn.Module):
         state = self.__dict__.copy()
         state["_tcnn_module"] = None  # native handles do not pickle; rebuilt on demand
         state["_tcnn_device"] = None
+        state["_triton_impl"] = None  # rebuilt on demand (unpickling must not need triton)
         return state
 
     # -- forward ------------------------------------------------------------------------------
@@ -697,8 +764,11 @@ class HashGridEncoding(nn.Module):
         encoded = None
         # torch.func.functional_call swaps in plain tensors, which tinycudann cannot adopt.
         functional = not isinstance(self.params, nn.Parameter)
-        if self._choose_backend() == "tcnn" and points.shape[0] > 0 and not functional:
+        choice = self._choose_backend()
+        if choice == "tcnn" and points.shape[0] > 0 and not functional:
             encoded = self._forward_tcnn(points)
+        elif choice == "triton":
+            encoded = self._forward_triton(points)
         if encoded is None:
             encoded = _HashGridFunction.apply(points, self.params, self._impl)
         return encoded.reshape(*leading, self.n_output_dims)
@@ -720,6 +790,24 @@ class HashGridEncoding(nn.Module):
         if module.params is not self.params:
             module.params = self.params
         return module(points.contiguous()).float()
+
+    def _forward_triton(self, points: Tensor) -> Tensor:
+        """Triton forward ``[N, L, F]``; the backward uses Triton too, except when it must be
+        differentiable (then the torch backend's backward, see the module docstring)."""
+        device = self.params.device
+        if not _triton_runs_on(device):
+            raise ValueError(
+                f"HashGridEncoding(backend='triton') runs on CUDA only, but the module is on "
+                f"{device}: call .cuda() on it (and its inputs), or use backend='torch' / 'auto'"
+            )
+        module = _import_triton_backend()
+        if self._triton_impl is None:
+            self._triton_impl = module.TritonHashGrid(
+                self._levels, self.n_input_dims, self.n_features_per_level, HASH_PRIMES
+            )
+        return module.TritonHashGridFunction.apply(
+            points.contiguous(), self.params, self._triton_impl, self._impl
+        )
 
     def _build_tcnn(self, device: torch.device) -> nn.Module | None:
         tcnn = _import_tcnn()
@@ -751,7 +839,9 @@ class HashGridEncoding(nn.Module):
 __all__ = [
     "HASH_PRIMES",
     "TCNN_INSTALL_HINT",
+    "TRITON_REQUIREMENT",
     "HashGridEncoding",
     "hashgrid_level_resolutions",
     "tcnn_available",
+    "triton_available",
 ]
