@@ -288,7 +288,9 @@ def test_backend_selection_and_errors() -> None:
 )
 def test_nvdiffrast_agrees_with_torch_backend() -> None:
     cams = cameras([20.0, -5.0], [30.0, 200.0], 1.4, 50.0, 64, 80).to("cuda")
-    data = sphere(0.35, (0.05, -0.1, 0.08), subdivisions=5)
+    # Triangles several pixels wide: with sub-pixel triangles, nvdiffrast's fixed-point vertex
+    # snapping and our float edge functions legitimately pick different triangles near edges.
+    data = sphere(0.35, (0.05, -0.1, 0.08), subdivisions=2)
     colours = (data.vertices - data.vertices.min(0).values) / (
         data.vertices.max(0).values - data.vertices.min(0).values
     )
@@ -299,6 +301,8 @@ def test_nvdiffrast_agrees_with_torch_backend() -> None:
     a, b = ref.render(cams), fast.render(cams)
     same = a.extras["triangle_id"] == b.extras["triangle_id"]
     assert float(same.double().mean()) > 0.995
+    mask_a, mask_b = a.opacity[..., 0] > 0, b.opacity[..., 0] > 0
+    assert float((mask_a == mask_b).double().mean()) > 0.995
     both = (a.opacity[..., 0] > 0) & (b.opacity[..., 0] > 0) & same
     torch.testing.assert_close(a.rgb[both], b.rgb[both], atol=1e-4, rtol=0)
     torch.testing.assert_close(a.depth[both], b.depth[both], atol=1e-4, rtol=0)
