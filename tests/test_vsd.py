@@ -231,7 +231,10 @@ def test_delta_distillation(tiny_prior_path: Path) -> None:
     at_ref, _ = latent_grad(ref, None)
     assert applied_plain == 0.0
     assert plain.abs().max() > 1e-4 and at_ref.abs().max() > 1e-4
-    torch.testing.assert_close(delta, plain - at_ref, rtol=1e-4, atol=1e-6)
+    # One batched UNet call [x; ref] vs two separate calls: equal up to float32 summation order
+    # (batch-size-dependent BLAS/conv algorithms), so the tolerance scales with the gradient.
+    scale = float((plain - at_ref).abs().max())
+    torch.testing.assert_close(delta, plain - at_ref, rtol=1e-4, atol=1e-4 * scale)
 
     # delta_every=2: skipped on odd steps
     g.update_step(0, 1, 10)
