@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,6 +82,19 @@ def run_lightning(argv: list[str]) -> int:
     from ra3d.data import RandomCameraDataModule
     from ra3d.system import RA3DSystem
 
+    # Known, harmless Lightning/torch notices that would bury ra3d's own log lines: the frozen
+    # prior is in eval mode on purpose, and ra3d's own checkpoints are what --ckpt_path loads.
+    for pattern in (
+        r".*module\(s\) in eval mode.*",
+        r".*isinstance\(treespec, LeafSpec\).*",
+        r".*does not have many workers.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in (
+        "lightning.pytorch.trainer.connectors.checkpoint_connector",  # "weights_only not set"
+        "lightning.pytorch.trainer.connectors.logger_connector.logger_connector",  # ads
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
     saved_argv = sys.argv
     sys.argv = ["ra3d", *argv]  # LightningCLI reads sys.argv; passing args too only warns
     try:
