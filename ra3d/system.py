@@ -203,15 +203,21 @@ class RA3DSystem(pl.LightningModule):
     def validation_step(self, cameras: Cameras, batch_idx: int) -> None:
         self._val_frames.append(self._render_views(cameras))
 
+    def _particle_grid(self, frames: list[np.ndarray]) -> np.ndarray:
+        """``V`` strips ``[H, P*W, 3]`` → a grid ``[P*H, V*W, 3]``: one row per particle, one
+        column per view."""
+        h, pw, _ = frames[0].shape
+        w = pw // self.n_particles
+        views = np.stack(frames)  # [V, H, P*W, 3]
+        tiles = views.reshape(len(frames), h, self.n_particles, w, 3)  # [V, H, P, W, 3]
+        return tiles.transpose(2, 1, 0, 3, 4).reshape(self.n_particles * h, len(frames) * w, 3)
+
     def on_validation_epoch_end(self) -> None:
         frames = [f for batch in self._val_frames for f in batch]
         if not frames or self.trainer.sanity_checking:
             return
         out_dir = self.run_dir / "val"
-        # Grid: one row per particle, one column per view.
-        write_image_atomic(
-            np.concatenate(frames, axis=1), out_dir / f"step{self.global_step:06d}.png"
-        )
+        write_image_atomic(self._particle_grid(frames), out_dir / f"step{self.global_step:06d}.png")
         write_gif_atomic(frames, out_dir / f"step{self.global_step:06d}.gif", self.turntable_fps)
         log.info("wrote validation orbit to %s", out_dir)
 

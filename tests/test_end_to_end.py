@@ -42,8 +42,8 @@ def test_fit_writes_images_and_checkpoint_and_resumes_exactly(tmp_path: Path) ->
     straight = fit(tmp_path / "straight", 6)
     assert (straight / "val" / "step000003.png").is_file()
     assert (straight / "val" / "step000006.gif").is_file()
-    # 2 orbit views × 2 particles (the demo config) side by side, 16 px tall
-    assert Image.open(straight / "val" / "step000006.png").size == (2 * 2 * 16, 16)
+    # columns: 2 orbit views; rows: the demo config's 2 particles
+    assert Image.open(straight / "val" / "step000006.png").size == (2 * 16, 2 * 16)
     state_straight = nerf_state(straight / "checkpoints" / "last.ckpt")
     assert any("occupancy" in k for k in state_straight)  # the grid is part of the state
 

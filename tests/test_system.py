@@ -81,15 +81,18 @@ def test_particles_start_different_and_validation_writes_grid(tmp_path: Path) ->
     assert not torch.equal(system.particles[0].weight, system.particles[1].weight)
     make_trainer(tmp_path, 2).fit(system, make_data())
     grid = Image.open(tmp_path / "val" / "step000002.png")
-    assert grid.size == (2 * 6 * 2, 6)  # 2 views × 2 particles side by side, 6 px tall
+    assert grid.size == (2 * 6, 2 * 6)  # columns: 2 views, rows: 2 particles, 6 px tiles
     gif = Image.open(tmp_path / "val" / "step000002.gif")
     assert gif.n_frames == 2
-    # The grid's first tile is particle 0 rendered at the first orbit camera.
+    # Tile (row p, column v) is particle p rendered at orbit camera v.
     system.eval()
-    cam = make_data().orbit(2)[0]
-    expected = system.particles[0].render(cam).rgb[0].detach().numpy() * 255
-    tile = torch.tensor(list(grid.getdata()), dtype=torch.float32).reshape(6, 24, 3)[:, :6]
-    assert (tile - torch.tensor(expected)).abs().max() <= 1.0
+    cams = make_data().orbit(2)
+    pixels = torch.tensor(list(grid.getdata()), dtype=torch.float32).reshape(12, 12, 3)
+    for p in range(2):
+        for v in range(2):
+            expected = system.particles[p].render(cams[v]).rgb[0].detach() * 255
+            tile = pixels[6 * p : 6 * p + 6, 6 * v : 6 * v + 6]
+            assert (tile - expected).abs().max() <= 1.0, (p, v)
 
 
 def test_optimizer_groups_follow_learning_rates() -> None:
