@@ -27,6 +27,9 @@ commands:
   predict    same as test, for scripting
   retrieve   search the 3D asset database (ra3d retrieve "a teddy bear" -k 3)
   db         inspect or import asset databases (ra3d db info, ra3d db import ...)
+  adapt      lightweight adaptation of the prior on asset renders, Eq. 12 (ra3d adapt --prompt ...)
+  export     textured mesh export of a checkpoint (ra3d export CKPT --format glb obj)
+  evaluate   relative CLIP view metric, asset fidelity, plots (ra3d evaluate RUN_DIR [RUN_DIR ...])
 
 run `ra3d <command> --help` for the options of a command.
 """
@@ -149,6 +152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ra3d.retrieval.db_cli import main_db
 
             return main_db(rest)
+        if command == "adapt":
+            from ra3d.guidance.adapt_cli import main_adapt
+
+            return main_adapt(rest)
+        if command == "export":
+            from ra3d.export_cli import main_export
+
+            return main_export(rest)
+        if command == "evaluate":
+            from ra3d.evaluation_cli import main_evaluate
+
+            return main_evaluate(rest)
         if command in LIGHTNING_SUBCOMMANDS:
             rest = _rewrite_shortcuts(rest)
             _check_paths(rest)

@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ra3d.cameras import Cameras
+from ra3d.checkpoint import RECORD_KEY, RunRecord, describe_factory
 from ra3d.errors import CheckpointError, ConfigError
 from ra3d.guidance.base import Guidance
 from ra3d.representations.base import Representation
@@ -117,6 +118,7 @@ class RA3DSystem(pl.LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.particles = nn.ModuleList([representation() for _ in range(n_particles)])
+        self.representation_spec = describe_factory(representation)
         for i, particle in enumerate(self.particles):
             if not isinstance(particle, Representation):
                 raise ConfigError(
@@ -250,7 +252,16 @@ class RA3DSystem(pl.LightningModule):
         for key in list(state):
             if key in frozen:
                 del state[key]
-        checkpoint["ra3d"] = {"prompt": self.prompt, "n_particles": self.n_particles}
+        checkpoint[RECORD_KEY] = self.run_record().to_dict()
+
+    def run_record(self) -> RunRecord:
+        """What checkpoints record about this run (see :mod:`ra3d.checkpoint`)."""
+        return RunRecord(
+            prompt=self.prompt,
+            n_particles=self.n_particles,
+            representation=self.representation_spec,
+            global_step=int(self.global_step),
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict")

@@ -75,6 +75,15 @@ class Representation(nn.Module, ABC):
     def update_step(self, epoch: int, global_step: int) -> None:
         """Called once at the start of every training step (schedules, occupancy updates)."""
 
+    def query_albedo(self, points: Tensor) -> Tensor:
+        """Surface colour ``[N, 3]`` in [0, 1] at world ``points [N, 3]`` (texture baking for
+        export, colour transfer from the coarse to the fine stage). Representations without a
+        colour field say so clearly."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no colour field to query; texture baking needs a "
+            "representation with one (NeRF, DMTet)."
+        )
+
     @torch.no_grad()
     def extract_mesh(self, resolution: int = 128, threshold: float | None = None) -> TriangleMesh:
         """A triangle mesh of the surface. Representations without a surface say so clearly."""

@@ -290,6 +290,16 @@ class InstantNGPNeRF(Representation):
         """``[N, 3]`` albedo in (0, 1) from the features of :meth:`geometry`."""
         return torch.sigmoid(features)
 
+    def query_albedo(self, points: Tensor) -> Tensor:
+        """Albedo ``[N, 3]`` in (0, 1) at world ``points [N, 3]`` (evaluated in chunks)."""
+        step = max(self.chunk_size * 16, 4096)
+        dtype = self.dtype
+        parts = [
+            self.albedo(self.geometry(points[i : i + step].to(dtype))[1])
+            for i in range(0, points.shape[0], step)
+        ]
+        return torch.cat(parts) if parts else points.new_zeros(0, 3)
+
     def normal(self, points: Tensor) -> Tensor:
         """Unit normals ``-∇σ / |∇σ|`` ``[N, 3]`` at world ``points [N, 3]`` (``normal_type``;
         analytic when normals are off)."""

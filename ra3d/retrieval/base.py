@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -30,6 +32,35 @@ class RetrievedAsset:
     license: str = ""
     attribution: str = ""
     extras: dict[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe dict (what ``retrieved.json`` and checkpoints record)."""
+        return {
+            "uid": self.uid,
+            "caption": self.caption,
+            "score": float(self.score),
+            "mesh_path": str(self.mesh_path),
+            "front_azimuth_deg": float(self.front_azimuth_deg),
+            "source": self.source,
+            "license": self.license,
+            "attribution": self.attribution,
+            "extras": json.loads(json.dumps(self.extras, default=str)),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RetrievedAsset:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            uid=str(data["uid"]),
+            caption=str(data.get("caption", "")),
+            score=float(data.get("score", 0.0)),
+            mesh_path=Path(data["mesh_path"]),
+            front_azimuth_deg=float(data.get("front_azimuth_deg", 0.0)),
+            source=str(data.get("source", "")),
+            license=str(data.get("license", "")),
+            attribution=str(data.get("attribution", "")),
+            extras=dict(data.get("extras", {})),
+        )
 
 
 class Retriever(ABC):
