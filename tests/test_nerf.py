@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,8 +256,8 @@ def test_gradients_match_finite_differences() -> None:
     loss = loss_fn()
     loss.backward()
     checked = []
-    for name in ("encoding", "density_network.0.weight", "feature_network.0.weight",
-                 "background.network.0.weight"):  # fmt: skip
+    for name in ("texture.encoding", "density_network.0.weight",
+                 "texture.feature_network.0.weight", "background.network.0.weight"):  # fmt: skip
         params = [(n, p) for n, p in model.named_parameters() if n.startswith(name)]
         assert params, f"no parameter named {name}*"
         n, p = max(params, key=lambda item: float(item[1].grad.abs().max()))
@@ -480,3 +481,63 @@ def test_bad_encoding_and_mesh_arguments() -> None:
         model.extract_mesh(resolution=8, threshold=0.0)
     with pytest.raises(ValueError, match="no density above threshold"):
         model.extract_mesh(resolution=8, threshold=25.0)
+
+
+# ---------------------------------------------------------------------- checkpoint layout
+OLD_LAYOUT_FIXTURE = Path(__file__).parent / "fixtures" / "nerf_state_dict_v0.pt"
+
+
+def _fixture_nerf() -> InstantNGPNeRF:
+    """The NeRF that wrote ``fixtures/nerf_state_dict_v0.pt`` (same arguments, fresh weights)."""
+    from ra3d.representations.hashgrid import HashGridEncoding
+
+    enc = HashGridEncoding(
+        n_levels=2, n_features_per_level=2, log2_hashmap_size=8, base_resolution=4,
+        per_level_scale=2.0, backend="torch",
+    )  # fmt: skip
+    return InstantNGPNeRF(
+        encoding=enc, hidden_dim=8, n_samples_per_ray=16, occupancy_resolution=8,
+        background="neural_env", normal_type="analytic",
+    )  # fmt: skip
+
+
+def test_old_layout_state_dict_loads_and_renders_identically() -> None:
+    """The fixture was saved by the NeRF before the texture field was split out (top-level
+    ``encoding.*`` / ``feature_network.*`` keys) together with its renders and albedo queries;
+    the current NeRF migrates the keys and reproduces those renders exactly."""
+    saved = torch.load(OLD_LAYOUT_FIXTURE, weights_only=True)
+    old_keys = set(saved["state_dict"])
+    assert {"encoding.params", "feature_network.0.weight"} <= old_keys
+    assert not any(k.startswith("texture.") for k in old_keys)
+    nerf = _fixture_nerf()
+    result = nerf.load_state_dict(saved["state_dict"], strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    new_state = nerf.state_dict()
+    for key, value in saved["state_dict"].items():
+        moved = f"texture.{key}" if key.split(".")[0] in ("encoding", "feature_network") else key
+        assert torch.equal(new_state[moved], value), key
+    nerf.eval()
+    one = torch.ones(2)
+    cams = make_cameras(
+        torch.tensor([10.0, 30.0]), torch.tensor([0.0, 120.0]), 1.5 * one, 50.0 * one, 8, 8
+    )
+    with torch.no_grad():
+        out = nerf.render(cams)
+        albedo = nerf.query_albedo(saved["albedo_points"])
+    assert saved["opacity"].max() > 0.05  # the fixture renders something
+    for name in ("rgb", "opacity", "depth", "normal"):
+        assert torch.equal(getattr(out, name), saved[name]), name
+    assert torch.equal(albedo, saved["albedo"])
+    # Nested in a parent module (as in a Lightning system), the prefix is handled too.
+    parent = nn.ModuleDict({"particle": _fixture_nerf()})
+    parent.load_state_dict({f"particle.{k}": v for k, v in saved["state_dict"].items()})
+    assert torch.equal(parent["particle"].texture.encoding.params, nerf.texture.encoding.params)
+
+
+def test_regularizer_names_match_what_regularizers_returns() -> None:
+    for normal_type in ("none", "analytic"):
+        nerf = AnalyticNeRF(lambda p: 50.0 * (p.norm(dim=-1) < 0.4).to(p.dtype),
+                            normal_type=normal_type).eval()  # fmt: skip
+        out = nerf.render(front_cameras(5))
+        assert tuple(nerf.regularizers(out)) == nerf.regularizer_names
+    assert nerf.regularizer_names == ("sparsity", "opacity", "orient")

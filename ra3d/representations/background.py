@@ -4,7 +4,8 @@ A NeRF trained by score distillation needs a background the diffusion prior can 
 from the object; otherwise density leaks into the empty space to paint it. ProlificDreamer's coarse
 stage (threestudio) uses a small MLP of the view direction — a learnable environment map at
 infinity — and, during training, replaces it by a random solid colour half of the time so the
-object cannot rely on any fixed background (that augmentation lives in the NeRF's ``render``).
+object cannot rely on any fixed background (:func:`augment_background`, applied by the NeRF and
+the DMTet in training mode).
 """
 
 from __future__ import annotations
@@ -103,3 +104,16 @@ def make_background(kind: str, color: Sequence[float] = (1.0, 1.0, 1.0)) -> nn.M
     if kind == "solid":
         return SolidBackground(color)
     raise ValueError(f"unknown background {kind!r}; expected one of {BACKGROUNDS}")
+
+
+def augment_background(bg: Tensor, probability: float) -> Tensor:
+    """threestudio's random-background augmentation: each of the ``B`` images of ``bg [B, H, W, 3]``
+    is replaced, with ``probability``, by one random solid colour (uniform in [0, 1]^3).
+
+    Draws ``rand(B)`` then ``rand(B, 3)`` from the global generator on ``bg``'s device (this order
+    is part of exact resume: changing it changes every later random number).
+    """
+    b = bg.shape[0]
+    pick = torch.rand(b, device=bg.device) < probability  # [B]
+    colors = torch.rand(b, 3, device=bg.device, dtype=bg.dtype)
+    return torch.where(pick[:, None, None, None], colors[:, None, None, :], bg)

@@ -15,6 +15,10 @@ albedo, neural environment map background, NeRF volume renderer):
   alpha compositing (see :mod:`ra3d.representations.volume`), an occupancy grid that skips empty
   space (the field is evaluated only at occupied samples), and the background composited as
   ``rgb = Σ w c + (1 - opacity) · bg``.
+* **Texture field.** The encoding and the albedo head form a
+  :class:`~ra3d.representations.material.TextureField` (``self.texture``) that the fine-stage DMTet
+  composes too; the density MLP reads the same encoding. Checkpoints written before this split
+  (keys ``encoding.*`` / ``feature_network.*``) are migrated on load (:meth:`_load_from_state_dict`).
 * **Material.** ``"albedo"`` (default, threestudio's "no-material": the colour is
   ``sigmoid(albedo logits)``, no lighting) or ``"lambertian"``: ``albedo · (a + (1 - a) max(0, n·l))``
   with ambient ``a`` and a point light at ``cameras.light_positions`` (the camera position when
@@ -40,8 +44,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ra3d.cameras import Cameras
-from ra3d.representations.background import BACKGROUNDS, make_background, make_mlp, validate_color
+from ra3d.representations.background import (
+    BACKGROUNDS,
+    augment_background,
+    make_background,
+    make_mlp,
+    validate_color,
+)
 from ra3d.representations.base import RenderOutput, Representation, TriangleMesh
+from ra3d.representations.material import DEFAULT_ENCODING, TextureField, build_encoding
 from ra3d.representations.volume import (
     OccupancyGrid,
     compositing_weights,
@@ -57,15 +68,11 @@ DENSITY_BIASES: tuple[str, ...] = ("blob_magic3d", "blob_dreamfusion")
 NORMAL_TYPES: tuple[str, ...] = ("analytic", "finite_difference", "none")
 MATERIALS: tuple[str, ...] = ("albedo", "lambertian")
 
-#: ProlificDreamer's hash grid (threestudio prolificdreamer.yaml): 16 levels x 2 features,
-#: 2^19 entries per level, resolutions 16 .. 4096.
-DEFAULT_ENCODING: dict[str, Any] = {
-    "n_levels": 16,
-    "n_features_per_level": 2,
-    "log2_hashmap_size": 19,
-    "base_resolution": 16,
-    "per_level_scale": 1.447269237440378,
-}
+__all__ = ["DEFAULT_ENCODING", "InstantNGPNeRF", "trunc_exp"]
+
+#: Submodules that moved into ``texture`` (a :class:`TextureField`) when the texture field was
+#: split out; :meth:`InstantNGPNeRF._load_from_state_dict` renames them in older checkpoints.
+_MOVED_TO_TEXTURE: tuple[str, ...] = ("encoding", "feature_network")
 
 
 class _TruncExp(torch.autograd.Function):
@@ -226,10 +233,12 @@ class InstantNGPNeRF(Representation):
         self.occupancy_decay = float(occupancy_decay)
         self.chunk_size = int(chunk_size)
 
-        self.encoding = _build_encoding(encoding, backend)
-        n_enc = int(self.encoding.n_output_dims)
+        # Built in the pre-split order (encoding, density MLP, feature MLP) so a seed gives the
+        # same initial weights as before.
+        shared_encoding = build_encoding(encoding, backend)
+        n_enc = int(shared_encoding.n_output_dims)
         self.density_network = make_mlp(n_enc, 1, hidden_dim, n_hidden_layers)
-        self.feature_network = make_mlp(n_enc, 3, hidden_dim, n_hidden_layers)
+        self.texture = TextureField(self.radius, shared_encoding, hidden_dim, n_hidden_layers)
         self.background = make_background(background, background_color)
         self.background_color = validate_color(background_color, "background_color").tolist()
         self.occupancy_grid = OccupancyGrid(
@@ -251,10 +260,44 @@ class InstantNGPNeRF(Representation):
     def dtype(self) -> torch.dtype:
         return self.density_network[0].weight.dtype
 
+    @property
+    def encoding(self) -> nn.Module:
+        """The position encoding shared by the density MLP and the texture field."""
+        return self.texture.encoding
+
+    @property
+    def regularizer_names(self) -> tuple[str, ...]:
+        """Names :meth:`regularizers` can return: ``sparsity``, ``opacity`` and, when normals
+        are rendered, ``orient`` (the system validates its λ keys against this)."""
+        names = ("sparsity", "opacity")
+        return names + ("orient",) if self.normal_type != "none" else names
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Migrate pre-split checkpoints: ``{prefix}encoding.*`` and ``{prefix}feature_network.*``
+        become ``{prefix}texture.encoding.*`` / ``{prefix}texture.feature_network.*`` (torch
+        loads children after this call, from the renamed dict)."""
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            head = key[len(prefix) :].split(".", 1)[0]
+            if head in _MOVED_TO_TEXTURE:
+                new_key = f"{prefix}texture.{key[len(prefix) :]}"
+                if new_key not in state_dict:
+                    state_dict[new_key] = state_dict.pop(key)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     def _encode(self, points: Tensor) -> Tensor:
         """``[N, 3]`` world points -> ``[N, E]`` encoding of their ``[0, 1]^3`` cube coordinates."""
-        x01 = ((points + self.radius) / (2.0 * self.radius)).clamp(0.0, 1.0)
-        return self.encoding(x01).to(self.dtype)
+        return self.texture.encode(points).to(self.dtype)
 
     def density_bias_at(self, points: Tensor) -> Tensor:
         """``[N]`` bias added to the raw density at world ``points [N, 3]``."""
@@ -278,7 +321,7 @@ class InstantNGPNeRF(Representation):
         """Density ``[N]`` (>= 0) and albedo logits ``[N, 3]`` at world ``points [N, 3]``."""
         h = self._encode(points)
         raw = self.density_network(h)[..., 0] + self.density_bias_at(points)
-        return self._activate(raw), self.feature_network(h)
+        return self._activate(raw), self.texture.features(h)
 
     def density(self, points: Tensor) -> Tensor:
         """Density ``[N]`` at world ``points [N, 3]`` (skips the albedo head)."""
@@ -288,7 +331,7 @@ class InstantNGPNeRF(Representation):
     @staticmethod
     def albedo(features: Tensor) -> Tensor:
         """``[N, 3]`` albedo in (0, 1) from the features of :meth:`geometry`."""
-        return torch.sigmoid(features)
+        return TextureField.albedo(features)
 
     def query_albedo(self, points: Tensor) -> Tensor:
         """Albedo ``[N, 3]`` in (0, 1) at world ``points [N, 3]`` (evaluated in chunks)."""
@@ -373,9 +416,7 @@ class InstantNGPNeRF(Representation):
         depth = merged["depth"].reshape(b, h, w, 1)
         bg = self.background(dirs).to(dtype)  # [B, H, W, 3]
         if self.training and self.random_background_prob > 0:
-            pick = torch.rand(b, device=device) < self.random_background_prob  # [B]
-            colors = torch.rand(b, 3, device=device, dtype=dtype)
-            bg = torch.where(pick[:, None, None, None], colors[:, None, None, :], bg)
+            bg = augment_background(bg, self.random_background_prob)
         rgb = rgb_fg + (1.0 - opacity) * bg
         extras: dict[str, Tensor] = {
             "rgb_foreground": rgb_fg,
@@ -537,31 +578,3 @@ class InstantNGPNeRF(Representation):
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
-
-
-def _build_encoding(encoding: Mapping[str, Any] | nn.Module | None, backend: str) -> nn.Module:
-    """The position encoding: an injected module, or a ``HashGridEncoding`` from kwargs."""
-    if isinstance(encoding, nn.Module):
-        module = encoding
-    elif encoding is None or isinstance(encoding, Mapping):
-        kwargs = {**DEFAULT_ENCODING, **dict(encoding or {})}
-        kwargs.setdefault("backend", backend)
-        kwargs.setdefault("n_input_dims", 3)
-        from ra3d.representations.hashgrid import HashGridEncoding
-
-        try:
-            module = HashGridEncoding(**kwargs)
-        except TypeError as err:
-            raise ValueError(f"bad encoding arguments {kwargs}: {err}") from err
-    else:
-        raise ValueError(
-            "encoding must be a dict of HashGridEncoding arguments, an nn.Module with "
-            f"n_output_dims, or None; got {type(encoding).__name__}"
-        )
-    n_out = getattr(module, "n_output_dims", None)
-    if not isinstance(n_out, int) or n_out < 1:
-        raise ValueError(
-            f"the encoding {type(module).__name__} must expose a positive int n_output_dims, "
-            f"got {n_out!r}"
-        )
-    return module
