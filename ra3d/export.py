@@ -1,0 +1,290 @@
+"""Textured mesh export of any representation or run: GLB, OBJ/MTL/PNG, turntable, viewer page.
+
+The pipeline for one particle θ⁽ⁱ⁾ (issue 9):
+
+``extract_mesh(resolution, threshold)`` (the surface: DMTet's own, or the NeRF's density level set
+as in the coarse→fine conversion) → decimation to ``max_faces`` → xatlas unwrap → albedo baked
+from ``query_albedo`` in UV space with padded seams (:mod:`ra3d.export_bake`) → files in glTF's
+Y-up frame, 1 unit = 1 m (:mod:`ra3d.export_write`) → turntable of the written GLB, ``index.html``
+and ``ATTRIBUTION.md`` (:mod:`ra3d.export_view`).
+
+Python API (what ``ra3d export`` and the fine stage call): :func:`export_run` for a
+:class:`~ra3d.checkpoint.LoadedRun`, :func:`export_representation` for one representation.
+Everything works through the :class:`~ra3d.representations.base.Representation` interface, so
+any particle type with a surface and a colour field exports.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ra3d import __version__
+from ra3d.errors import ConfigError, Ra3dError
+from ra3d.export_bake import UVMesh, bake_albedo, decimate, seam_padding, unwrap
+from ra3d.export_view import attribution_text, render_turntable, write_attribution, write_viewer
+from ra3d.export_write import METRES_PER_UNIT, world_to_file, write_glb, write_obj
+from ra3d.representations.base import Representation
+
+logger = logging.getLogger("ra3d.export")
+
+FORMATS: tuple[str, ...] = ("glb", "obj")
+#: Default face budget before unwrapping: a grid-256 surface (~500k faces) decimates to this and
+#: unwraps + bakes at 1024^2 in well under a minute on 2 CPU cores (see BENCHMARKS.md).
+DEFAULT_MAX_FACES = 50_000
+
+
+@dataclass
+class ExportOptions:
+    """How to export (the ``ra3d export`` flags).
+
+    Attributes:
+        formats: any of ``"glb"``, ``"obj"``.
+        texture_size: side of the square albedo texture in texels.
+        resolution, threshold: forwarded to ``extract_mesh`` (grid size; density level for
+            NeRFs, ``None`` = the representation's default).
+        max_faces: decimate to at most this many faces before unwrapping.
+        turntable: write ``<name>_turntable.gif``; ``turntable_frames``/``turntable_size`` set it.
+        viewer: write ``index.html`` (+ the model-viewer script when installed).
+    """
+
+    formats: Sequence[str] = FORMATS
+    texture_size: int = 1024
+    resolution: int = 128
+    threshold: float | None = 25.0
+    max_faces: int = DEFAULT_MAX_FACES
+    turntable: bool = True
+    turntable_frames: int = 24
+    turntable_size: int = 192
+    viewer: bool = True
+
+    def validate(self) -> None:
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            raise ConfigError(
+                f"unknown export format(s) {unknown or '(none)'}; choose from {', '.join(FORMATS)}"
+            )
+        if not 16 <= self.texture_size <= 8192:
+            raise ConfigError(
+                f"--texture-size must be between 16 and 8192 texels, got {self.texture_size}"
+            )
+        if self.resolution < 8:
+            raise ConfigError(f"--resolution must be >= 8 grid cells, got {self.resolution}")
+        if self.max_faces < 100:
+            raise ConfigError(f"--max-faces must be >= 100, got {self.max_faces}")
+        if self.threshold is not None and self.threshold <= 0:
+            raise ConfigError(f"--threshold must be > 0, got {self.threshold}")
+
+
+def ensure_writable(out_dir: Path) -> Path:
+    """Create ``out_dir`` and prove it is writable, or raise one clear error."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as err:
+        raise Ra3dError(
+            f"cannot write to the output folder {out_dir} ({err.strerror or err}); pass a "
+            "writable folder with --out DIR"
+        ) from err
+    return out_dir
+
+
+def _device_of(rep: Representation) -> torch.device:
+    tensor = next(iter(rep.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(rep.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def surface_uv_mesh(rep: Representation, options: ExportOptions, name: str) -> UVMesh:
+    """The representation's surface, decimated and unwrapped (ra3d world frame)."""
+    try:
+        surface = rep.extract_mesh(options.resolution, options.threshold)
+    except NotImplementedError as err:
+        raise Ra3dError(f"{name}: {err}") from err
+    except ValueError as err:  # e.g. the NeRF's "no density above threshold"
+        raise Ra3dError(
+            f"{name}: no surface to export ({err}). Lower --threshold (the density level of the "
+            "surface) or export a longer-trained checkpoint"
+        ) from err
+    vertices = surface.vertices.detach().float().cpu().numpy()
+    faces = surface.faces.detach().long().cpu().numpy()
+    if len(faces) == 0:
+        raise Ra3dError(
+            f"{name}: the extracted surface is empty at threshold {options.threshold}; lower "
+            "--threshold or export a longer-trained checkpoint"
+        )
+    before = len(faces)
+    t0 = time.perf_counter()
+    vertices, faces = decimate(vertices, faces, options.max_faces)
+    logger.info(
+        "%s: %d faces extracted, %d after decimation (--max-faces %d) in %.1fs",
+        name, before, len(faces), options.max_faces, time.perf_counter() - t0,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    mesh = unwrap(vertices, faces, options.texture_size, seam_padding(options.texture_size))
+    logger.info(
+        "%s: xatlas unwrap: %d vertices after seam splits, %.1fs",
+        name, len(mesh.vertices), time.perf_counter() - t0,
+    )  # fmt: skip
+    return mesh
+
+
+def export_representation(
+    rep: Representation,
+    out_dir: str | Path,
+    name: str,
+    options: ExportOptions | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Export one representation as ``<name>.glb`` / ``<name>.obj`` (+ ``.mtl``,
+    ``_albedo.png``) and ``<name>_turntable.gif`` into ``out_dir``; returns the written files.
+
+    ``provenance`` (JSON-safe: prompt, assets, ...) goes into the GLB's ``asset.extras``.
+    No ``index.html``/``ATTRIBUTION.md`` here: :func:`export_run` writes them for all particles.
+    """
+    options = options or ExportOptions()
+    options.validate()
+    out_dir = ensure_writable(Path(out_dir))
+    was_training = rep.training
+    rep.eval()
+    try:
+        mesh = surface_uv_mesh(rep, options, name)
+        t0 = time.perf_counter()
+        texture = bake_albedo(
+            rep.query_albedo,
+            mesh,
+            options.texture_size,
+            margin=seam_padding(options.texture_size),
+            device=_device_of(rep),
+        )
+        logger.info("%s: albedo baked in %.1fs", name, time.perf_counter() - t0)
+    finally:
+        rep.train(was_training)
+    file_mesh = UVMesh(world_to_file(mesh.vertices), mesh.faces, mesh.uvs)
+    extras = {
+        "generator": f"ra3d {__version__}",
+        "up": "+Y",
+        "front": "+Z",
+        "metres_per_unit": METRES_PER_UNIT,
+        **(provenance or {}),
+    }
+    written: list[Path] = []
+    t0 = time.perf_counter()
+    if "obj" in options.formats:
+        header = f"ra3d {__version__}; Y-up, front +Z, 1 unit = {METRES_PER_UNIT:g} m"
+        if provenance and provenance.get("prompt"):
+            header += f"\nprompt: {provenance['prompt']}"
+        written += write_obj(out_dir, name, file_mesh, texture, header)
+    glb = None
+    if "glb" in options.formats:
+        glb = write_glb(out_dir, name, file_mesh, texture, extras)
+        written.append(glb)
+    logger.info("%s: files written in %.1fs", name, time.perf_counter() - t0)
+    if options.turntable:
+        source = glb if glb is not None else out_dir / f"{name}.obj"
+        written.append(
+            render_turntable(
+                source,
+                out_dir / f"{name}_turntable.gif",
+                frames=options.turntable_frames,
+                size=options.turntable_size,
+            )
+        )
+    return written
+
+
+def _particle_indices(n: int, particles: Sequence[int] | None) -> list[int]:
+    if particles is None:
+        return list(range(n))
+    bad = [i for i in particles if not 0 <= int(i) < n]
+    if bad:
+        raise ConfigError(
+            f"particle index {bad[0]} is out of range: the checkpoint has {n} particle(s), "
+            f"pass --particle 0..{n - 1} or --particle all"
+        )
+    return [int(i) for i in particles]
+
+
+def export_run(
+    run: Any,
+    out_dir: str | Path | None = None,
+    formats: Sequence[str] = FORMATS,
+    particles: Sequence[int] | None = None,
+    texture_size: int = 1024,
+    **kwargs: Any,
+) -> list[Path]:
+    """Export particles of a :class:`~ra3d.checkpoint.LoadedRun` (all when ``particles`` is
+    None) as ``particle<i>.*`` into ``out_dir`` (default ``<run>/export``), with one
+    ``index.html`` and ``ATTRIBUTION.md``; returns every written file.
+
+    ``kwargs`` are further :class:`ExportOptions` fields (``resolution``, ``threshold``,
+    ``max_faces``, ``turntable``, ...).
+    """
+    options = ExportOptions(formats=tuple(formats), texture_size=texture_size, **kwargs)
+    options.validate()
+    indices = _particle_indices(len(run.particles), particles)
+    out = ensure_writable(Path(out_dir) if out_dir is not None else run.run_dir / "export")
+    assets = list(run.assets)
+    assignment = list(run.assignment)
+    base = {
+        "prompt": run.prompt,
+        "ra3d_version": __version__,
+        "checkpoint": str(run.checkpoint_path),
+        "stage": run.record.stage,
+        "assets": [
+            {k: a.to_json()[k] for k in ("uid", "caption", "source", "license", "attribution")}
+            for a in assets
+        ],
+    }
+    written: list[Path] = []
+    glbs, gifs, particle_assets = [], [], {}
+    for i in indices:
+        name = f"particle{i}"
+        asset_index = assignment[i] if i < len(assignment) else None
+        particle_assets[name] = asset_index
+        provenance = {**base, "particle": i, "asset_index": asset_index}
+        files = export_representation(run.particles[i], out, name, options, provenance)
+        written += files
+        glbs += [f for f in files if f.suffix == ".glb"]
+        gifs += [f for f in files if f.suffix == ".gif"]
+    written.append(write_attribution(out, attribution_text(run.prompt, assets, particle_assets)))
+    if options.viewer and glbs:
+        written += write_viewer(out, run.prompt, glbs, gifs)
+    logger.info("exported %d particle(s) to %s", len(indices), out)
+    return written
+
+
+def describe_written(files: list[Path]) -> str:
+    """Human summary of an export, for the CLI and the fine stage's log."""
+    if not files:
+        return "nothing was written"
+    folder = files[0].parent
+    lines = [f"exported to {folder}/"]
+    lines += [f"  {f.name}  ({f.stat().st_size / 1024:.0f} KiB)" for f in files]
+    if any(f.name == "index.html" for f in files):
+        lines.append(
+            "view in a browser: python3 -m http.server --bind 127.0.0.1 --directory "
+            f"{folder} 8000  then open http://127.0.0.1:8000/index.html"
+        )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "DEFAULT_MAX_FACES",
+    "FORMATS",
+    "ExportOptions",
+    "describe_written",
+    "ensure_writable",
+    "export_representation",
+    "export_run",
+]
