@@ -5,16 +5,19 @@ assume azimuth 0 is the object's front. The paper renders each asset from severa
 scores every render against the prompts "front view", "side view" and "back view" with CLIP, and
 rotates the asset to the pose with the *relatively* highest front score.
 
-Relative score (the paper's Sec. 5.2 definition, made positive): with cosine similarities
+The scores come from :mod:`ra3d.retrieval.view_scores`, the one implementation shared with the
+Fig. 9 evaluation. Alignment uses its **shifted** form
+(:func:`~ra3d.retrieval.view_scores.shifted_relative_similarity`): with cosine similarities
 ``s_p = cos(E_img(view), E_txt(p))`` for ``p`` in (front, side, back),
 
-    r_front(view) = s'_front / (s'_front + s'_side + s'_back),   s'_p = (1 + s_p) / 2 ∈ [0, 1].
+    r_front(view) = s'_front / (s'_front + s'_side + s'_back),   s'_p = (1 + s_p) / 2 ∈ [0, 1],
 
-Mapping cosines to ``[0, 1]`` keeps the ratio well defined for any sign (raw CLIP cosines of
-unrelated pairs can be negative) and leaves it monotone in each similarity; no softmax or
-temperature is involved. The view with the largest ``r_front`` wins: using the ratio rather than
-``s_front`` alone cancels how "photogenic" a view is in general (a view that scores high against
-every prompt is not a front view).
+rather than the paper's raw ratio ``s_front / Σ_p s_p`` that ``ra3d evaluate`` reports. Mapping
+cosines to ``[0, 1]`` keeps the ratio defined for any embedder and any sign (raw cosines of
+unrelated pairs can be negative, and a near-zero sum would flip the arg-max) and leaves it monotone
+in each similarity; no softmax or temperature is involved. The view with the largest ``r_front``
+wins: using a ratio rather than ``s_front`` alone cancels how "photogenic" a view is in general (a
+view that scores high against every prompt is not a front view).
 """
 
 from __future__ import annotations
@@ -30,29 +33,27 @@ from ra3d.cameras import Cameras, orbit_cameras
 from ra3d.errors import ConfigError
 from ra3d.representations.base import Representation
 from ra3d.retrieval.embed import Embedder, TextOnlyEmbedderError
+from ra3d.retrieval.view_scores import (
+    VIEW_PROMPTS,
+    cosine_similarities,
+    shifted_relative_similarity,
+)
 
 logger = logging.getLogger("ra3d.retrieval.align")
 
-VIEW_PROMPTS: tuple[str, str, str] = ("front view", "side view", "back view")
-
 
 def relative_view_scores(view_emb: Tensor, prompt_emb: Tensor) -> Tensor:
-    """Relative similarities ``[K, P]`` of ``K`` view embeddings to ``P`` view prompts.
+    """Shifted relative similarities ``[K, P]`` of ``K`` view embeddings to ``P`` view prompts.
 
     Args:
-        view_emb: ``[K, D]`` unit image embeddings of the renders.
-        prompt_emb: ``[P, D]`` unit text embeddings of the view prompts (front first).
+        view_emb: ``[K, D]`` image embeddings of the renders.
+        prompt_emb: ``[P, D]`` text embeddings of the view prompts (front first).
 
     Returns:
-        ``r[k, p] = s'[k, p] / Σ_q s'[k, q]`` with ``s' = (1 + cos) / 2``; rows sum to 1.
+        ``r[k, p] = s'[k, p] / Σ_q s'[k, q]`` with ``s' = (1 + cos) / 2`` (float32); rows sum to 1.
+        See :func:`ra3d.retrieval.view_scores.shifted_relative_similarity`.
     """
-    if view_emb.ndim != 2 or prompt_emb.ndim != 2 or view_emb.shape[1] != prompt_emb.shape[1]:
-        raise ConfigError(
-            f"view_emb [K, D] and prompt_emb [P, D] must share D, got {tuple(view_emb.shape)} "
-            f"and {tuple(prompt_emb.shape)}"
-        )
-    sim = 0.5 * (1.0 + view_emb.float() @ prompt_emb.float().T)  # [K, P] in [0, 1]
-    return sim / sim.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return shifted_relative_similarity(cosine_similarities(view_emb, prompt_emb)).float()
 
 
 @dataclass
