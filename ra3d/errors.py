@@ -1,11 +1,28 @@
 """User-facing errors. The CLI prints their message (which names the fix) and exits non-zero,
-without a traceback; anything else is a bug and keeps its traceback."""
+without a traceback; anything else is a bug and keeps its traceback.
+
+Exit codes of ``ra3d`` (each error class carries its own ``exit_code``):
+
+====  ==============================================================================
+0     success
+1     an unexpected error (a bug: the traceback is printed)
+2     bad input or environment (:class:`Ra3dError` and subclasses)
+3     training diverged (:class:`TrainingDiverged`): the last good checkpoint is kept
+4     the run folder is in use by another run (:class:`RunFolderBusy`)
+130   stopped by SIGINT (Ctrl-C) — a checkpoint of the last finished step was saved
+143   stopped by SIGTERM (``timeout``, ``docker stop``, SLURM preemption) — likewise
+====  ==============================================================================
+"""
 
 from __future__ import annotations
+
+import signal
 
 
 class Ra3dError(Exception):
     """Base class of errors caused by user input or the environment, not by a bug."""
+
+    exit_code = 2
 
 
 class ConfigError(Ra3dError, ValueError):
@@ -22,3 +39,38 @@ class OfflineModelError(ModelNotFoundError):
 
 class CheckpointError(Ra3dError, FileNotFoundError):
     """A checkpoint is missing or unreadable."""
+
+
+class TrainingDiverged(Ra3dError):
+    """The loss, the gradients or the weights stayed non-finite for several steps in a row."""
+
+    exit_code = 3
+
+
+class RunFolderBusy(Ra3dError):
+    """Another live process is writing the same run folder."""
+
+    exit_code = 4
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM asked the run to stop.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``) so that no ``except Exception`` swallows it;
+    Lightning still calls its callbacks' ``on_exception`` with it, which is where the checkpoint of
+    the last finished step is written. ``exit_code`` is the shell convention ``128 + signum``.
+    """
+
+    def __init__(self, signum: int, at_step_boundary: bool = False) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+        self.at_step_boundary = at_step_boundary  # raised between steps: safe to checkpoint
+        self.saved: str | None = None  # the checkpoint written on the way out, if any
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -653,11 +653,11 @@ def test_cli_info_and_import(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert f"{out.resolve()} now holds 3 asset(s)" in captured.out
 
     evil = build_sh3f(tmp_path / "evil.sh3f", {"../evil.obj": b"v 0 0 0\n"})
-    assert main_db(["import", "sh3f", str(evil), "--db", str(out)]) == 1
+    assert main_db(["import", "sh3f", str(evil), "--db", str(out)]) == 2
     err = capsys.readouterr().err
     assert "error" in err and "escape" in err and "Traceback" not in err
 
-    assert main_db(["info", "--db", str(tmp_path / "missing")]) == 1
+    assert main_db(["info", "--db", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ra3d db: error:") and "does not exist" in err
 

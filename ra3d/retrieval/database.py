@@ -447,9 +447,11 @@ class ImportTransaction:
             )
         self._staged: dict[str, AssetRecord] = {}
         self._staging: Path | None = None
+        self._created_root = False
         self.database: AssetDatabase | None = None
 
     def __enter__(self) -> ImportTransaction:
+        self._created_root = not self.out_root.exists()
         self.out_root.mkdir(parents=True, exist_ok=True)
         self._remove_stale_staging()
         self._staging = self.out_root / f"{STAGING_PREFIX}{uuid_lib.uuid4().hex[:12]}"
@@ -463,6 +465,9 @@ class ImportTransaction:
         finally:
             if self._staging is not None:
                 shutil.rmtree(self._staging, ignore_errors=True)
+            if self.database is None and self._created_root:
+                # a failed import into a new folder leaves nothing behind, not an empty "database"
+                shutil.rmtree(self.out_root, ignore_errors=True)
 
     def _remove_stale_staging(self) -> None:
         for p in self.out_root.glob(f"{STAGING_PREFIX}*"):

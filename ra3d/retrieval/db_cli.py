@@ -5,8 +5,8 @@
     ra3d db import sh3f FILE --db OUT
     ra3d db import objaverse --cap3d CSV (--uids FILE | --limit N) --db OUT
 
-User errors print one ``ra3d db: error: ...`` line and return a non-zero status; skipped meshes
-are listed as warnings on stderr.
+User errors print one ``ra3d db: error: ...`` line and return 2; an import that skipped every
+mesh returns 1; skipped meshes are listed as warnings on stderr.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def main_db(argv: Sequence[str]) -> int:
     except (Ra3dError, FileNotFoundError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"ra3d db: error: {message}", file=sys.stderr)
-        return 1
+        return 2  # bad input, as every ra3d command (ra3d.errors)
 
 
 if __name__ == "__main__":

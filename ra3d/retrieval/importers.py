@@ -26,6 +26,7 @@ import stat
 import urllib.parse
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -577,6 +578,15 @@ def _model_files(
 
 
 def read_sh3f_catalog(path: str | Path) -> Sh3fCatalog:
+    """Parse an SH3D ``.sh3f`` furniture library (see :func:`_read_sh3f_catalog`); a damaged
+    member (intact zip index, corrupt contents) is one clear :class:`DatabaseError`."""
+    try:
+        return _read_sh3f_catalog(path)
+    except DAMAGED_ZIP_ERRORS as err:
+        raise _damaged(path, "PluginFurnitureCatalog.properties or a licence file", err) from err
+
+
+def _read_sh3f_catalog(path: str | Path) -> Sh3fCatalog:
     """Parse an SH3D ``.sh3f`` furniture library (a zip with ``PluginFurnitureCatalog.properties``).
 
     Rejects the whole archive (UnsafeArchiveError) if any member path escapes it, before
@@ -797,9 +807,24 @@ def _extract_member(
     if root not in dest.parents:
         raise UnsafeArchiveError(f"archive member {member} would be written outside {dest_root}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with zf.open(member.as_posix()) as src, open(dest, "wb") as dst:
-        shutil.copyfileobj(src, dst)
+    try:
+        with zf.open(member.as_posix()) as src, open(dest, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except DAMAGED_ZIP_ERRORS as err:
+        raise _damaged(zf.filename, member, err) from err
     return dest
+
+
+# What zipfile raises for a member whose bytes are damaged although the zip index is intact:
+# "Bad CRC-32" (BadZipFile), a corrupt deflate stream (zlib.error), a stream cut short (EOFError).
+DAMAGED_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError)
+
+
+def _damaged(archive: str | Path | None, member: object, err: BaseException) -> DatabaseError:
+    return DatabaseError(
+        f"{archive} is damaged: its member {member} cannot be read ({type(err).__name__}: "
+        f"{err}). Nothing was imported; download the catalog again"
+    )
 
 
 def import_sh3f(

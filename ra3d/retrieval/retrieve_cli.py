@@ -144,6 +144,8 @@ def main_retrieve(argv: list[str]) -> int:
     """Entry point of ``ra3d retrieve``; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.prompt.strip():  # before the ~3 s of torch/embedder imports
+        parser.error('the prompt is empty; give a text such as "a teddy bear"')
     if args.k < 1:
         parser.error(f"-k must be >= 1, got {args.k}")
     if args.candidates < 1:
@@ -174,6 +176,11 @@ def main_retrieve(argv: list[str]) -> int:
     if args.rebuild:
         retriever.clear_cache()
     results = retriever.retrieve(args.prompt, k=args.k)
+    if len(results) < args.k:
+        logger.warning(
+            "-k %d asked for more assets than the database holds: it has %d, all returned",
+            args.k, len(retriever.database),
+        )  # fmt: skip
     logger.info(
         "retrieved %d of %d assets in %.2f s with %s",
         len(results), len(retriever.database), time.perf_counter() - t0, retriever.embedder.id,

@@ -1,0 +1,194 @@
+"""Checks of a parsed ``ra3d fit|validate|test|predict`` configuration, before anything heavy.
+
+LightningCLI instantiates the guidance (loading a diffusion prior takes ~30 s and gigabytes) before
+the system checks its own arguments, and Lightning only notices an impossible render size when
+memory runs out minutes later. These checks read the merged configuration (a plain dict) and
+refuse bad values up front with a message that names the key and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ra3d.errors import CheckpointError, ConfigError
+
+MAX_RENDER_SIDE = 16384  # pixels; renders are resized to the prior's 64 or 512 px anyway
+LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
+
+
+def _get(cfg: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node or node[key] is None:
+            return default
+        node = node[key]
+    return node
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def check_model(cfg: dict[str, Any]) -> None:
+    prompt = _get(cfg, "model.prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ConfigError(
+            'the prompt is empty: pass one with --prompt "a teddy bear" '
+            "(or set model.prompt in the config)"
+        )
+    n = _get(cfg, "model.n_particles", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"model.n_particles must be an integer >= 1, got {n!r}")
+
+
+def check_trainer(cfg: dict[str, Any], subcommand: str) -> None:
+    max_steps = _get(cfg, "trainer.max_steps", -1)
+    if subcommand == "fit" and (not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1):
+        raise ConfigError(
+            f"trainer.max_steps must be a positive number of steps (or -1 for no limit), got "
+            f"{max_steps!r}: e.g. --trainer.max_steps 150"
+        )
+
+
+def estimate_train_bytes(cfg: dict[str, Any]) -> tuple[int, str]:
+    """A rough lower bound of the activation memory of one training step, and how it was
+    computed: every particle renders ``batch × H × W`` rays of ``n_samples_per_ray`` samples, and
+    backpropagation keeps, per sample, the hash-grid features and corner weights/indices
+    (8 corners × 12 bytes per level), two activations per MLP layer and ~32 other floats."""
+    rep = _get(cfg, "model.representation.init_args", {}) or {}
+    enc = rep.get("encoding") if isinstance(rep.get("encoding"), dict) else {}
+    enc = enc or {}
+    samples = int(rep.get("n_samples_per_ray", 64) or 64)
+    hidden = int(rep.get("hidden_dim", 64) or 64)
+    layers = int(rep.get("n_hidden_layers", 1) or 1) + 1
+    levels = int(enc.get("n_levels", 16) or 16)
+    features = levels * int(enc.get("n_features_per_level", 2) or 2)
+    per_sample = 4 * (features + 2 * hidden * layers + 32) + levels * 8 * 12
+    particles = int(_get(cfg, "model.n_particles", 1))
+    heights = _as_list(_get(cfg, "data.height", 64))
+    widths = _as_list(_get(cfg, "data.width", 64))
+    batches = _as_list(_get(cfg, "data.batch_size", 1))
+    stages = max(len(heights), len(widths), len(batches))
+    worst = 0
+    for i in range(stages):
+        h = int(heights[min(i, len(heights) - 1)])
+        w = int(widths[min(i, len(widths) - 1)])
+        b = int(batches[min(i, len(batches) - 1)])
+        worst = max(worst, particles * b * h * w)
+    how = f"{worst} rays × {samples} samples × ~{per_sample} bytes"
+    return worst * samples * per_sample, how
+
+
+def _available_bytes(cfg: dict[str, Any]) -> tuple[int, str]:
+    accelerator = str(_get(cfg, "trainer.accelerator", "auto"))
+    import torch
+
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        return int(free), "free GPU memory"
+    import psutil
+
+    return int(psutil.virtual_memory().available), "available RAM"
+
+
+def check_resources(cfg: dict[str, Any], subcommand: str) -> None:
+    """Refuse render sizes that cannot fit, before allocating anything."""
+    sides = [("data.eval_height", _get(cfg, "data.eval_height", 512)),
+             ("data.eval_width", _get(cfg, "data.eval_width", 512))]  # fmt: skip
+    if subcommand == "fit":
+        sides += [("data.height", v) for v in _as_list(_get(cfg, "data.height", 64))]
+        sides += [("data.width", v) for v in _as_list(_get(cfg, "data.width", 64))]
+    for key, value in sides:
+        if isinstance(value, int) and value > MAX_RENDER_SIDE:
+            raise ConfigError(
+                f"{key} is {value} px, above the limit of {MAX_RENDER_SIDE} px per side; renders "
+                "are resized to the prior's resolution (64 or 512 px), so use e.g. "
+                f"--{key} 64 (training) or 512 (evaluation)"
+            )
+    if subcommand != "fit":
+        return
+    need, how = estimate_train_bytes(cfg)
+    have, what = _available_bytes(cfg)
+    if need > have:
+        raise ConfigError(
+            f"one training step needs at least ~{need / 2**30:.1f} GiB ({how}) but only "
+            f"{have / 2**30:.1f} GiB of {what} is left: lower --data.height/--data.width, "
+            "--data.batch_size, --model.n_particles or n_samples_per_ray"
+        )
+
+
+def check_checkpoint(cfg: dict[str, Any], subcommand: str) -> None:
+    """``--ckpt_path``: required for validate/test/predict; a readable ra3d checkpoint with
+    finite weights; for a resume, of the same prompt."""
+    ckpt = _get(cfg, "ckpt_path")
+    if ckpt is None:
+        if subcommand != "fit":
+            raise CheckpointError(
+                f"ra3d {subcommand} renders a trained run: pass its checkpoint with --ckpt_path "
+                "outputs/<run>/version_N/checkpoints/last.ckpt"
+            )
+        return
+    ckpt = str(ckpt)
+    if ckpt in LIGHTNING_CKPT_ALIASES:
+        raise CheckpointError(
+            f"--ckpt_path {ckpt} is not supported: ra3d writes <run folder>/checkpoints/last.ckpt; "
+            "pass that file (e.g. outputs/demo/version_0/checkpoints/last.ckpt)"
+        )
+    if Path(ckpt).is_dir():
+        raise CheckpointError(
+            f"--ckpt_path {ckpt} is a directory; pass the checkpoint file inside it, e.g. "
+            f"{Path(ckpt) / 'checkpoints' / 'last.ckpt'}"
+        )
+    record = read_checked_checkpoint(ckpt)
+    prompt = _get(cfg, "model.prompt")
+    if subcommand == "fit" and isinstance(prompt, str) and prompt.strip() != record.prompt:
+        raise CheckpointError(
+            f"{ckpt} was trained for the prompt {record.prompt!r}, not {prompt.strip()!r}: a "
+            "resume continues the same run. Start a new run (without --ckpt_path) for a new prompt"
+        )
+
+
+_RECORDS: dict[str, Any] = {}
+
+
+def read_checked_checkpoint(path: str) -> Any:
+    """The :class:`~ra3d.checkpoint.RunRecord` of a readable ra3d checkpoint with finite weights;
+    one clear :class:`CheckpointError` otherwise (truncated, empty, random bytes, not ra3d's, a
+    diverged run's). Cached per path: the CLI asks several times per run."""
+    key = str(Path(path).resolve())
+    if key in _RECORDS:
+        return _RECORDS[key]
+    import torch
+
+    from ra3d.checkpoint import read_checkpoint
+
+    record, state, file = read_checkpoint(path)
+    bad = [
+        k for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(v.isfinite().all())
+    ]  # fmt: skip
+    if bad:
+        raise CheckpointError(
+            f"{file} holds non-finite weights ({', '.join(bad[:3])}): it was written by a "
+            "diverged run. Use an earlier checkpoint of that run, or retrain with lower "
+            "learning rates"
+        )
+    _RECORDS[key] = record
+    return record
+
+
+def check_config(cfg: dict[str, Any], subcommand: str) -> None:
+    """All checks, cheapest first."""
+    check_model(cfg)
+    check_trainer(cfg, subcommand)
+    check_resources(cfg, subcommand)
+    check_checkpoint(cfg, subcommand)
+
+
+def resume_run_dir(ckpt_path: str | None) -> Path | None:
+    """``<run>`` for ``<run>/checkpoints/<file>.ckpt``, else None."""
+    if not ckpt_path:
+        return None
+    p = Path(ckpt_path).resolve()
+    return p.parent.parent if p.parent.name == "checkpoints" else None
