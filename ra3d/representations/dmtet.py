@@ -164,13 +164,16 @@ class DMTet(Representation):
         """``[3]`` size of one grid cube per axis (world units)."""
         return (self.bbox[1] - self.bbox[0]) / self.grid_resolution
 
-    def grid_vertices(self) -> Tensor:
-        """``[V, 3]`` deformed grid vertex positions (world units)."""
+    def grid_vertices(self, index: Tensor | None = None) -> Tensor:
+        """``[V, 3]`` deformed grid vertex positions (world units), or ``[N, 3]`` of the vertices
+        ``index [N]``."""
         lo, hi = self.bbox[0].to(self.sdf.dtype), self.bbox[1].to(self.sdf.dtype)
-        base = lo + (self.unit_vertices.to(lo.dtype) + 1.0) * (0.5 * (hi - lo))
+        unit = self.unit_vertices if index is None else self.unit_vertices[index]
+        base = lo + (unit.to(lo.dtype) + 1.0) * (0.5 * (hi - lo))
         if self.deformation is None:
             return base
-        return base + torch.tanh(self.deformation) * (self.deformation_scale * self.cell_size())
+        offset = self.deformation if index is None else self.deformation[index]
+        return base + torch.tanh(offset) * (self.deformation_scale * self.cell_size())
 
     def grid_sdf(self) -> Tensor:
         """``[V]`` the signed values used for marching: the parameter, with vertices on the
@@ -183,9 +186,15 @@ class DMTet(Representation):
         if self.geometry_frozen and self._frozen_surface is not None:
             return self._frozen_surface
         sdf = self.grid_sdf()
-        positions = self.grid_vertices()
         tets = self.grid.cube_tets(self.grid.crossing_cubes((sdf < 0).detach()))
-        vertices, faces = marching_tets(positions, tets.to(sdf.device), sdf)
+        # Only the corners of crossed cubes matter: deform and march those (a mask and a running
+        # count re-index them without sorting), so the cost follows the surface, not the grid.
+        mask = torch.zeros(sdf.shape[0], dtype=torch.bool, device=sdf.device)
+        mask[tets.reshape(-1)] = True
+        used = mask.nonzero().squeeze(1)  # [U]
+        local_tets = (torch.cumsum(mask, 0) - 1)[tets]
+        positions = self.grid_vertices(used)
+        vertices, faces = marching_tets(positions, local_tets, sdf[used])
         if self.geometry_frozen:
             self._frozen_surface = (vertices.detach(), faces)
         return vertices, faces

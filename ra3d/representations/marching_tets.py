@@ -102,11 +102,11 @@ def marching_tets(vertices: Tensor, tets: Tensor, sdf: Tensor) -> tuple[Tensor, 
         return vertices.new_zeros(0, 3), torch.zeros(0, 3, dtype=torch.int64, device=device)
 
     edge_corners = torch.as_tensor(TET_EDGES, device=device)  # [6, 2]
-    ends = tets[:, edge_corners]  # [Tc, 6, 2] global vertex ids
-    ends = torch.sort(ends, dim=-1).values
+    first_end, second_end = tets[:, edge_corners[:, 0]], tets[:, edge_corners[:, 1]]  # [Tc, 6]
     changes = occ[:, edge_corners[:, 0]] != occ[:, edge_corners[:, 1]]  # [Tc, 6]
     n_vertices = vertices.shape[0]
-    keys = ends[..., 0] * n_vertices + ends[..., 1]  # [Tc, 6]
+    # Undirected edge key (smaller id first), so the tets sharing an edge agree on it.
+    keys = torch.minimum(first_end, second_end) * n_vertices + torch.maximum(first_end, second_end)
     unique_keys, inverse = torch.unique(keys[changes], return_inverse=True)
     edge_vertex = torch.full_like(keys, -1)
     edge_vertex[changes] = inverse  # [Tc, 6] surface vertex of each crossing edge
