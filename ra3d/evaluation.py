@@ -16,7 +16,7 @@ azimuths, same elevation", Sec. 5.2) and measured three ways:
 * **Asset fidelity** of particle ``i`` to its assigned asset ``θ_ret^(π(i))`` (Eq. 10–11): at the
   same cameras, silhouette IoU and foreground PSNR (:mod:`ra3d.metrics`) — what the asset term
   pulls together — and the symmetric Chamfer distance between the particle's extracted surface and
-  the asset mesh, :func:`chamfer_distance`, when the particle has a surface at the threshold.
+  the asset mesh (:mod:`ra3d.evaluation_geometry`) when the particle has a surface at the threshold.
 
 CLIP metrics need CLIP weights; offline without them only the asset fidelity is computed and the
 result says so (``clip.available = false`` with the reason). The files (``metrics.json``, one CSV
@@ -39,6 +39,7 @@ from torch import Tensor
 from ra3d.cameras import Cameras, orbit_cameras
 from ra3d.checkpoint import LoadedRun
 from ra3d.errors import CheckpointError, ConfigError
+from ra3d.evaluation_geometry import surface_chamfer
 from ra3d.metrics import foreground_psnr, foreground_rgb, silhouette_iou
 from ra3d.representations.base import RenderOutput, Representation, TriangleMesh
 from ra3d.retrieval.embed import Embedder
@@ -47,10 +48,10 @@ from ra3d.retrieval.view_scores import VIEW_PROMPTS, ViewPromptScores, view_prom
 logger = logging.getLogger("ra3d.evaluation")
 
 #: Camera distance and vertical field of view used when neither the options nor the run's
-#: ``config.yaml`` (``data.eval_camera_distance`` / ``data.eval_fovy_deg``) give them: they frame
-#: the NeRF's unit bounding sphere and an asset of radius 0.5 (the demo's evaluation cameras).
-DEFAULT_DISTANCE = 2.0
-DEFAULT_FOVY_DEG = 50.0
+#: ``config.yaml`` (``data.eval_camera_distance`` / ``data.eval_fovy_deg``) give them: the
+#: defaults of :class:`ra3d.data.RandomCameraDataModule`, i.e. what such a run evaluated with.
+DEFAULT_DISTANCE = 1.5
+DEFAULT_FOVY_DEG = 70.0
 BACKGROUNDS = ("render", "white")
 
 
@@ -63,12 +64,13 @@ class EvalSettings:
         n_azimuths: number of evenly spaced azimuths, starting at 0 (36: every 10°).
         size: render size in pixels (CLIP resizes to its input size; 224 is ViT-L/14's).
         distance, fovy_deg: orbit radius and vertical field of view; ``None`` takes the run's
-            evaluation cameras from its ``config.yaml``, else 2.0 and 50°.
+            evaluation cameras from its ``config.yaml``, else 1.5 and 70°.
         background: ``"render"`` scores the images as the particle renders them (its learned
             background included); ``"white"`` composites the foreground on white first.
         batch_size: views rendered per call.
         mesh_resolution, mesh_threshold: ``extract_mesh`` arguments for the Chamfer distance
-            (``None`` threshold: the representation's default, 25 for the NeRF).
+            (``None`` threshold: the representation's default, 25 for the NeRF); see
+            :mod:`ra3d.evaluation_geometry`.
         chamfer_points: surface samples per mesh for the Chamfer distance.
         seed: seed of the surface sampling.
     """
@@ -149,60 +151,6 @@ def _run_eval_cameras(config: Path) -> dict[str, float]:
         if isinstance(value, int | float) and not isinstance(value, bool):
             out[name] = float(value)
     return out
-
-
-# --------------------------------------------------------------------------- surfaces
-def sample_surface(mesh: TriangleMesh, n_points: int, seed: int = 0) -> np.ndarray:
-    """``[n_points, 3]`` points drawn uniformly by area from a triangle mesh (trimesh)."""
-    import trimesh
-
-    tm = trimesh.Trimesh(
-        mesh.vertices.detach().double().cpu().numpy(),
-        mesh.faces.detach().long().cpu().numpy(),
-        process=False,
-    )
-    if not math.isfinite(float(tm.area)) or float(tm.area) <= 0.0:
-        raise ValueError("the mesh has no surface area to sample")
-    points, _ = trimesh.sample.sample_surface(tm, int(n_points), seed=seed)
-    return np.asarray(points, dtype=np.float64)
-
-
-def chamfer_distance(points_a: np.ndarray, points_b: np.ndarray) -> float:
-    """Symmetric Chamfer distance of two point sets ``[N, 3]``, ``[M, 3]`` (world units).
-
-    ``½ (mean_a min_b ‖a − b‖ + mean_b min_a ‖a − b‖)`` — Euclidean distances, not squared, so the
-    number reads as a length on the scene's scale (assets are fitted into radius 0.5). Nearest
-    neighbours by scipy's k-d tree.
-    """
-    from scipy.spatial import cKDTree
-
-    a, b = np.asarray(points_a, np.float64), np.asarray(points_b, np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != 3 or b.shape[1] != 3 or not len(a) or not len(b):
-        raise ValueError(f"need two non-empty [N, 3] point sets, got {a.shape} and {b.shape}")
-    d_ab = cKDTree(b).query(a)[0]
-    d_ba = cKDTree(a).query(b)[0]
-    return 0.5 * (float(d_ab.mean()) + float(d_ba.mean()))
-
-
-def surface_chamfer(
-    particle: Representation, asset_mesh: TriangleMesh, settings: EvalSettings
-) -> tuple[float | None, str | None]:
-    """``(chamfer, None)``, or ``(None, why)`` when the particle has no surface to compare."""
-    try:
-        mesh = particle.extract_mesh(int(settings.mesh_resolution), settings.mesh_threshold)
-    except NotImplementedError as err:
-        return None, f"no surface: {err}"
-    except ValueError as err:  # e.g. the NeRF has no density above the threshold
-        return None, f"no surface: {err}"
-    if mesh.faces.shape[0] == 0:
-        return None, "no surface: the extracted mesh has no triangles"
-    n, seed = int(settings.chamfer_points), int(settings.seed)
-    try:
-        ours = sample_surface(mesh, n, seed)
-        theirs = sample_surface(asset_mesh, n, seed + 1)
-    except ValueError as err:
-        return None, f"no surface: {err}"
-    return chamfer_distance(ours, theirs), None
 
 
 # --------------------------------------------------------------------------- results
@@ -481,7 +429,14 @@ def evaluate_run(
             ).double()
             if a not in asset_meshes:
                 asset_meshes[a] = asset.extract_mesh()
-            result.chamfer, why = surface_chamfer(particle, asset_meshes[a], settings)
+            result.chamfer, why = surface_chamfer(
+                particle,
+                asset_meshes[a],
+                settings.mesh_resolution,
+                settings.mesh_threshold,
+                settings.chamfer_points,
+                settings.seed,
+            )
             if why is not None:
                 result.notes.append(f"Chamfer distance not computed ({why})")
         results.append(result)
@@ -508,9 +463,7 @@ __all__ = [
     "EvalSettings",
     "ParticleEvaluation",
     "RunEvaluation",
-    "chamfer_distance",
     "evaluate_run",
     "run_label",
-    "sample_surface",
     "surface_chamfer",
 ]

@@ -38,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=224, help="render size in pixels (224)")
     p.add_argument(
         "--distance", type=float, default=None,
-        help="camera distance (default: the run's data.eval_camera_distance, else 2.0)",
+        help="camera distance (default: the run's data.eval_camera_distance, else 1.5)",
     )  # fmt: skip
     p.add_argument(
         "--fovy", type=float, default=None,
-        help="vertical field of view in degrees (default: the run's data.eval_fovy_deg, else 50)",
+        help="vertical field of view in degrees (default: the run's data.eval_fovy_deg, else 70)",
     )  # fmt: skip
     p.add_argument(
         "--background", choices=("render", "white"), default="render",

@@ -28,13 +28,9 @@ from torch import Tensor
 
 from ra3d.cameras import Cameras
 from ra3d.checkpoint import LoadedRun, RunRecord
-from ra3d.evaluation import (
-    EvalSettings,
-    chamfer_distance,
-    evaluate_run,
-    sample_surface,
-)
+from ra3d.evaluation import EvalSettings, evaluate_run
 from ra3d.evaluation_cli import main_evaluate
+from ra3d.evaluation_geometry import chamfer_distance, sample_surface
 from ra3d.evaluation_report import (
     CSV_COLUMNS,
     relative_similarity_figure,
