@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One intra-op thread: the suite's tensors are small, and on a shared 2-core machine several
+# OpenMP threads per process spin against each other (measured: a 48-px mesh render took 1.9 s
+# with the default threads under load and 0.15 s with one). Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
