@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 
 VIEW_DIRECTIONS: tuple[str, ...] = ("front", "side", "back", "overhead")
+#: Training elevation rules of :class:`CameraSampler`.
+ELEVATION_SAMPLINGS: tuple[str, ...] = ("mixed", "degrees", "sphere")
 
 
 @dataclass
@@ -275,9 +277,17 @@ def make_cameras(
 class CameraSampler:
     """Random training cameras with ProlificDreamer's (threestudio) defaults.
 
-    Elevation is drawn uniformly in degrees, distance and fovy uniformly, and azimuth is
-    *stratified* across the batch: the circle is cut into ``B`` equal slices and each camera takes a
-    uniform sample from its own slice, so every batch sees the object from all around.
+    Elevation (``elevation_sampling="mixed"``, threestudio's behaviour): each batch flips a coin;
+    with probability ``1 - sphere_probability`` elevations are uniform in degrees over
+    ``elevation_range`` (which over-samples the poles relative to area), otherwise uniform on the
+    sphere's band, i.e. ``sin(elevation)`` uniform on ``[sin lo, sin hi]``. ``"degrees"`` and
+    ``"sphere"`` force one rule. Deviation from threestudio, on purpose: its sphere branch maps
+    the degree range linearly onto ``sin`` (``asin(lo/90) .. asin(hi/90)``), which silently
+    shrinks [-10°, 45°] to [-6.4°, 30°]; ra3d keeps the configured range in both branches.
+
+    Distance and fovy are uniform, and azimuth is *stratified* across the batch: the circle is cut
+    into ``B`` equal slices and each camera takes a uniform sample from its own slice, so every
+    batch sees the object from all around.
     """
 
     elevation_range: tuple[float, float] = (-10.0, 45.0)
@@ -285,8 +295,19 @@ class CameraSampler:
     distance_range: tuple[float, float] = (1.0, 1.5)
     fovy_range: tuple[float, float] = (40.0, 70.0)
     light_distance_range: tuple[float, float] = (0.8, 1.5)
+    elevation_sampling: str = "mixed"
+    sphere_probability: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.elevation_sampling not in ELEVATION_SAMPLINGS:
+            raise ValueError(
+                f"elevation_sampling must be one of {ELEVATION_SAMPLINGS}, "
+                f"got {self.elevation_sampling!r}"
+            )
+        if not 0.0 <= self.sphere_probability <= 1.0:
+            raise ValueError(
+                f"sphere_probability must lie in [0, 1], got {self.sphere_probability}"
+            )
         for name in ("elevation_range", "azimuth_range", "distance_range", "fovy_range"):
             lo, hi = getattr(self, name)
             if lo > hi:
@@ -295,6 +316,10 @@ class CameraSampler:
             raise ValueError(f"distance_range must be positive, got {self.distance_range}")
         if not 0 < self.fovy_range[0] <= self.fovy_range[1] < 180:
             raise ValueError(f"fovy_range must lie in (0, 180) degrees, got {self.fovy_range}")
+        if not -90.0 <= self.elevation_range[0] <= self.elevation_range[1] <= 90.0:
+            raise ValueError(
+                f"elevation_range must lie in [-90, 90] degrees, got {self.elevation_range}"
+            )
 
     def sample(
         self, batch_size: int, height: int, width: int, generator: torch.Generator | None = None
@@ -302,7 +327,7 @@ class CameraSampler:
         def uniform(lo: float, hi: float) -> Tensor:
             return lo + (hi - lo) * torch.rand(batch_size, generator=generator)
 
-        elevation = uniform(*self.elevation_range)
+        elevation = self._sample_elevation(batch_size, generator)
         az_lo, az_hi = self.azimuth_range
         slice_width = (az_hi - az_lo) / batch_size
         azimuth = (
@@ -321,6 +346,19 @@ class CameraSampler:
             light_dir / light_dir.norm(dim=-1, keepdim=True) * light_dist[:, None]
         )
         return cams
+
+    def _sample_elevation(self, batch_size: int, generator: torch.Generator | None) -> Tensor:
+        """``[B]`` elevations in degrees (see the class docstring); one coin per batch."""
+        lo, hi = self.elevation_range
+        mode = self.elevation_sampling
+        if mode == "mixed":
+            coin = float(torch.rand(1, generator=generator))
+            mode = "sphere" if coin < self.sphere_probability else "degrees"
+        u = torch.rand(batch_size, generator=generator)
+        if mode == "degrees":
+            return lo + (hi - lo) * u
+        s_lo, s_hi = math.sin(math.radians(lo)), math.sin(math.radians(hi))
+        return torch.rad2deg(torch.asin((s_lo + (s_hi - s_lo) * u).clamp(-1.0, 1.0)))
 
 
 def orbit_cameras(

@@ -1,15 +1,23 @@
-"""The Lightning system: particles θ⁽ⁱ⁾ optimised by score distillation (Eq. 2, 9).
+"""The Lightning system: particles θ⁽ⁱ⁾ moved by v_prior + v_asset (paper Eq. 2, 9–13).
 
-One training step renders every particle at the step's cameras ψ, scores all renders in one
-batched guidance call (particles share the prior and, for VSD, the LoRA score model), adds the
-representations' regularizers, and takes one optimizer step for particles and guidance together.
+One training step renders every particle at the step's cameras ψ and scores all renders in one
+batched guidance call (particles share the prior and, for VSD, the LoRA score model): that is
+v_prior (Eq. 2), or v̂_prior of Eq. 13 when the assigned assets' renders at the same cameras are
+passed as the delta-distillation reference. With retrieved assets, the render-space asset loss of
+Eq. 11 adds v_asset (Eq. 10) per particle, routed by π. Representation regularizers are added,
+and one optimizer step updates the particles and the guidance's trainable parts (ζ) together.
+
+Loss weights: ``loss_weights`` has one entry per guidance term (VSD: ``vsd``, ``lora``; SDS:
+``sds``), ``asset`` (λ of Eq. 10–11), each regularizer of the representation (``sparsity``, …),
+and ``guidance`` (a factor on all guidance terms). Guidance terms default to 1, the others to 0;
+values may be threestudio schedules ``[start_step, v0, v1, end_step]``. An unknown key is an error
+listing the known ones.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,49 +25,38 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
+from ra3d.augmentation import AdaptationConfig, RetrievalAugmentation
 from ra3d.cameras import Cameras
 from ra3d.checkpoint import RECORD_KEY, RunRecord, describe_factory
 from ra3d.errors import CheckpointError, ConfigError
-from ra3d.guidance.base import Guidance
-from ra3d.representations.base import Representation
+from ra3d.guidance.asset import AssetTerm
+from ra3d.guidance.base import Guidance, GuidanceOutput
+from ra3d.metrics import foreground_psnr, silhouette_iou
+from ra3d.representations.base import RenderOutput, Representation
+from ra3d.retrieval.fit import RetrievalConfig
 from ra3d.schedule import Scheduled, check_scheduled, scheduled_value
+from ra3d.visuals import side_by_side, tile_grid, to_uint8, write_gif_atomic, write_image_atomic
 
 log = logging.getLogger("ra3d.system")
 
 DEFAULT_LOSS_WEIGHTS: dict[str, Scheduled] = {"guidance": 1.0}
 DEFAULT_LEARNING_RATES: dict[str, float] = {"encoding": 0.01, "default": 0.001}
+#: Keys of ``loss_weights`` that always exist besides the guidance terms and regularizers.
+SYSTEM_LOSS_KEYS: tuple[str, ...] = ("guidance", "asset")
 
 
-def _to_uint8(rgb: Tensor) -> np.ndarray:
-    """``[H, W, 3]`` float in [0, 1] → uint8 array."""
-    return (rgb.detach().float().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-
-
-def write_image_atomic(image: np.ndarray, path: Path) -> None:
-    """Write a PNG so that a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp.name, path)
-
-
-def write_gif_atomic(frames: list[np.ndarray], path: Path, fps: int = 10) -> None:
-    """Write an endlessly looping GIF turntable atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(f) for f in frames]
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".gif", delete=False) as tmp:
-        images[0].save(
-            tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps),
-            loop=0,
-        )  # fmt: skip
-    os.replace(tmp.name, path)
+def _finite(value: float, name: str) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
+    return value
 
 
 class RA3DSystem(pl.LightningModule):
-    """Score-distillation training of ``n_particles`` representations for one prompt.
+    """Score-distillation training of ``n_particles`` representations for one prompt, guided by
+    retrieved 3D assets when ``retrieval`` is set.
 
     Args:
         prompt: the text c. Must be non-empty.
@@ -68,16 +65,25 @@ class RA3DSystem(pl.LightningModule):
             times, so each particle gets its own random initialisation (ParVI, App. B.3).
         guidance: the 2D prior's guidance (SDS or VSD).
         n_particles: number of particles θ⁽ⁱ⁾.
-        loss_weights: weight per loss term; ``guidance`` weighs the distillation loss, any other
-            key weighs the representation regularizer of that name (``sparsity``, ``opacity``,
-            ``orient``). Values may be threestudio schedules ``[start, v0, v1, end]``.
+        loss_weights: weight per loss term (see the module docstring).
         learning_rates: learning rate by parameter-name substring (first match wins in the
             order given; ``default`` for the rest). Guidance parameters (e.g. the VSD LoRA) use the
             groups the guidance itself declares.
-        betas, eps, weight_decay: AdamW settings (threestudio: betas (0.9, 0.99), eps 1e-15).
+        betas, eps, weight_decay: AdamW settings. threestudio's ProlificDreamer uses betas
+            (0.9, 0.99), eps 1e-15 and does not set a weight decay, so torch's AdamW default 0.01
+            applies — kept here.
         seed: base seed; each step reseeds the global RNG from (seed, step) so resumed runs
             reproduce uninterrupted ones exactly.
         turntable_fps: frame rate of the GIFs written at validation and test time.
+        retrieval: the retrieved-asset section (:class:`~ra3d.retrieval.fit.RetrievalConfig`);
+            None or ``enabled: false`` runs without assets.
+        adaptation: Eq. 12's view adapter ω (:class:`~ra3d.augmentation.AdaptationConfig`);
+            needs ``retrieval``.
+        asset_terms: weights of the compared quantities of Eq. 11 (``rgb``, ``opacity``,
+            ``depth``, ``normal``); default colour and silhouette.
+        asset_sigma: σ of Eq. 10 (constant or schedule); the asset loss scales with λ/σ².
+        delta_distillation: pass the assigned assets' renders to the guidance as the Eq. 13
+            reference (applied on the guidance's ``delta_every`` steps).
     """
 
     def __init__(
@@ -90,9 +96,14 @@ class RA3DSystem(pl.LightningModule):
         learning_rates: dict[str, float] | None = None,
         betas: tuple[float, float] = (0.9, 0.99),
         eps: float = 1e-15,
-        weight_decay: float = 0.0,
+        weight_decay: float = 0.01,
         seed: int = 0,
         turntable_fps: int = 10,
+        retrieval: RetrievalConfig | None = None,
+        adaptation: AdaptationConfig | None = None,
+        asset_terms: dict[str, float] | None = None,
+        asset_sigma: Scheduled = 1.0,
+        delta_distillation: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(prompt, str) or not prompt.strip():
@@ -106,10 +117,19 @@ class RA3DSystem(pl.LightningModule):
         self.loss_weights = dict(DEFAULT_LOSS_WEIGHTS if loss_weights is None else loss_weights)
         for name, value in self.loss_weights.items():
             check_scheduled(value, f"loss_weights.{name}")
+            for v in [value] if isinstance(value, int | float) else value:
+                _finite(v, f"loss_weights.{name}")
         self.learning_rates = dict(learning_rates or DEFAULT_LEARNING_RATES)
         if "default" not in self.learning_rates:
             raise ConfigError("learning_rates needs a 'default' entry, e.g. {default: 0.001}")
-        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+        for name, value in self.learning_rates.items():
+            if not _finite(value, f"learning_rates.{name}") > 0:
+                raise ConfigError(f"learning_rates.{name} must be > 0, got {value}")
+        self.betas = tuple(_finite(b, "betas") for b in betas)
+        self.eps = _finite(eps, "eps")
+        self.weight_decay = _finite(weight_decay, "weight_decay")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
         self.seed = seed
         self.turntable_fps = turntable_fps
         self.n_particles = n_particles
@@ -127,12 +147,85 @@ class RA3DSystem(pl.LightningModule):
                     "ra3d.representations.base.Representation"
                 )
         self.guidance = guidance
-        self._val_frames: list[list[np.ndarray]] = []
+        self._check_loss_weight_keys()
+        self.asset_term = AssetTerm(asset_terms, asset_sigma)
+        self.delta_distillation = bool(delta_distillation)
+        if (
+            adaptation is not None
+            and adaptation.enabled
+            and (retrieval is None or not retrieval.enabled)
+        ):
+            raise ConfigError(
+                "model.adaptation needs retrieved assets: enable model.retrieval or disable adaptation"
+            )
+        self.augmentation: RetrievalAugmentation | None = None
+        if retrieval is not None and retrieval.enabled:
+            self.augmentation = RetrievalAugmentation(retrieval, adaptation)
+        self._val_rows: list[list[np.ndarray]] = []
+        self._restored_record: RunRecord | None = None  # set by on_load_checkpoint
         self.strict_loading = False  # frozen prior weights are not stored; see on_load_checkpoint
 
+    def _check_loss_weight_keys(self) -> None:
+        known = set(SYSTEM_LOSS_KEYS) | set(getattr(self.guidance, "loss_term_names", ()))
+        for particle in self.particles:
+            known |= set(getattr(particle, "regularizer_names", ()))
+        unknown = sorted(set(self.loss_weights) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown loss_weights key(s) {unknown}; the known ones for this representation "
+                f"and guidance are {sorted(known)}"
+            )
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def run_dir(self) -> Path:
+        trainer = self.trainer
+        log_dir = trainer.log_dir if trainer.logger is not None else None
+        return Path(log_dir or trainer.default_root_dir)
+
+    def on_fit_start(self) -> None:
+        self._prepare_assets(fitting=True)
+
+    def on_validation_start(self) -> None:
+        self._prepare_assets(fitting=False)
+
+    def on_test_start(self) -> None:
+        self._prepare_assets(fitting=False)
+
+    def _prepare_assets(self, fitting: bool) -> None:
+        """Retrieve (or reload from the restored checkpoint) the assets, fix π and adapt the prior
+        before the first step. Runs after Lightning restored a checkpoint (``--ckpt_path``), whose
+        record then supplies the assets, π and ω: nothing is retrieved again."""
+        if self.augmentation is None or self.augmentation.ready:
+            return
+        recorded = adapter = None
+        if self._restored_record is not None:
+            recorded, adapter = self._restored_record.retrieval, self._restored_record.adapter
+            if recorded is None:
+                raise CheckpointError(
+                    "the checkpoint was trained without retrieved assets but this config "
+                    "retrieves; resume with the run's own config.yaml"
+                )
+        self.augmentation.prepare(
+            self.prompt, list(self.particles), self.asset_term, self.guidance,
+            self.run_dir if fitting else None, recorded, adapter,
+        )  # fmt: skip
+
+    def _check_record(self, record: RunRecord, path: str | Path) -> None:
+        if record.prompt != self.prompt:
+            raise CheckpointError(
+                f"{path} was trained for the prompt {record.prompt!r}, not {self.prompt!r}; "
+                "resume with the same prompt (or start a new run without --ckpt_path)"
+            )
+        if record.n_particles != self.n_particles:
+            raise CheckpointError(
+                f"{path} has {record.n_particles} particle(s) but this config asks for "
+                f"{self.n_particles}; set model.n_particles {record.n_particles}"
+            )
+
     # ------------------------------------------------------------------ training
-    def _weight(self, name: str) -> float:
-        return scheduled_value(self.loss_weights.get(name, 0.0), self.global_step)
+    def _weight(self, name: str, default: float = 0.0) -> float:
+        return scheduled_value(self.loss_weights.get(name, default), self.global_step)
 
     def training_step(self, cameras: Cameras, batch_idx: int) -> Tensor:
         torch.manual_seed(self.seed * 1_000_003 + self.global_step)
@@ -144,10 +237,29 @@ class RA3DSystem(pl.LightningModule):
         outputs = [particle.render(cameras) for particle in self.particles]
         rgb = torch.cat([out.rgb for out in outputs])  # [P*B, H, W, 3]
         all_cameras = Cameras.cat([cameras] * self.n_particles)
-        guidance_out = self.guidance(rgb, all_cameras, self.prompt)
-
-        loss = self._weight("guidance") * guidance_out.loss
         logs: dict[str, float] = {}
+
+        aug = self.augmentation
+        asset_weight = self._weight("asset") if aug is not None else 0.0
+        use_delta = aug is not None and self.delta_distillation
+        asset_outs = aug.render_assigned(cameras) if (asset_weight != 0.0 or use_delta) else []
+        reference = None
+        if use_delta:
+            reference = torch.cat(
+                [aug.reference_rgb(a, o) for a, o in zip(asset_outs, outputs, strict=True)]
+            )  # [P*B, H, W, 3], the assigned asset of each particle at the same cameras
+        guidance_out = self.guidance(rgb, all_cameras, self.prompt, reference_rgb=reference)
+
+        loss = self.weighted_guidance_loss(guidance_out)
+        for name, value in guidance_out.terms.items():
+            logs[f"train/{name}"] = float(value.detach())
+        for name, value in guidance_out.diagnostics.items():
+            logs[f"train/{name}"] = float(value)
+
+        if asset_outs and asset_weight != 0.0:
+            asset_loss = self.asset_loss(outputs, asset_outs)
+            loss = loss + asset_weight * asset_loss
+            logs["train/loss_asset"] = float(asset_loss.detach())
         for particle, out in zip(self.particles, outputs, strict=True):
             for name, value in particle.regularizers(out).items():
                 weight = self._weight(name)
@@ -156,13 +268,31 @@ class RA3DSystem(pl.LightningModule):
                 ) / len(outputs)
                 if weight != 0.0:
                     loss = loss + weight * value / self.n_particles
-        for name, value in guidance_out.terms.items():
-            logs[f"train/{name}"] = float(value.detach())
-        for name, value in guidance_out.diagnostics.items():
-            logs[f"train/{name}"] = float(value)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(cameras))
         self.log_dict(logs, batch_size=len(cameras))
         return loss
+
+    def weighted_guidance_loss(self, guidance_out: GuidanceOutput) -> Tensor:
+        """``guidance · Σ_k w_k term_k`` over the guidance's terms (VSD: ``vsd`` and ``lora``,
+        threestudio's lambda_vsd and lambda_lora; default 1 each)."""
+        factor = self._weight("guidance", 1.0)
+        if not guidance_out.terms:
+            return factor * guidance_out.loss
+        return sum(
+            factor * self._weight(name.removeprefix("loss_"), 1.0) * value
+            for name, value in guidance_out.terms.items()
+        )
+
+    def asset_loss(self, outputs: list[RenderOutput], asset_outs: list[RenderOutput]) -> Tensor:
+        """Eq. 10–11 for all particles: particle i against its assigned asset's render (π
+        routing is in ``asset_outs``, one per particle), averaged over particles like the
+        distillation term averages over the particle batch; λ is applied by the caller. So
+        ``∂/∂x_i = (2/σ²) w_k (x_i − x_ret^π(i)) / (P·B·H·W)`` for a render quantity x_i."""
+        losses = [
+            self.asset_term.loss(out, ref, self.global_step)
+            for out, ref in zip(outputs, asset_outs, strict=True)
+        ]
+        return torch.stack(losses).mean()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups: dict[str, list[nn.Parameter]] = {}
@@ -183,54 +313,52 @@ class RA3DSystem(pl.LightningModule):
         )
 
     # ------------------------------------------------------------------ evaluation
-    @property
-    def run_dir(self) -> Path:
-        trainer = self.trainer
-        log_dir = trainer.log_dir if trainer.logger is not None else None
-        return Path(log_dir or trainer.default_root_dir)
-
     @torch.no_grad()
-    def _render_views(self, cameras: Cameras) -> list[np.ndarray]:
-        """One ``[H, P*W, 3]`` strip per camera: the particles side by side."""
-        frames = []
-        for i in range(len(cameras)):
-            cam = cameras[i]
-            tiles = [_to_uint8(p.render(cam).rgb[0]) for p in self.particles]
-            frames.append(np.concatenate(tiles, axis=1))
-        return frames
+    def _render_rows(self, camera: Cameras, with_assets: bool) -> list[np.ndarray]:
+        """Tiles of one camera: each particle, followed by its assigned asset when there is one."""
+        aug = self.augmentation if with_assets else None
+        outs = [p.render(camera) for p in self.particles]
+        assets = aug.render_assigned(camera) if aug is not None and aug.ready else []
+        tiles = []
+        for i, out in enumerate(outs):
+            tiles.append(to_uint8(out.rgb[0]))
+            if assets:
+                tiles.append(to_uint8(assets[i].rgb[0]))
+        if assets and self.trainer is not None and not self.trainer.sanity_checking:
+            iou = torch.cat(
+                [silhouette_iou(o.opacity, a.opacity) for o, a in zip(outs, assets, strict=True)]
+            )
+            psnr = torch.cat([foreground_psnr(o, a) for o, a in zip(outs, assets, strict=True)])
+            self.log("val/asset_iou", float(iou.mean()), batch_size=1, on_epoch=True)
+            self.log("val/asset_psnr", float(psnr.mean()), batch_size=1, on_epoch=True)
+        return tiles
 
     def on_validation_epoch_start(self) -> None:
-        self._val_frames = []
+        self._val_rows = []
 
     def validation_step(self, cameras: Cameras, batch_idx: int) -> None:
-        self._val_frames.append(self._render_views(cameras))
-
-    def _particle_grid(self, frames: list[np.ndarray]) -> np.ndarray:
-        """``V`` strips ``[H, P*W, 3]`` → a grid ``[P*H, V*W, 3]``: one row per particle, one
-        column per view."""
-        h, pw, _ = frames[0].shape
-        w = pw // self.n_particles
-        views = np.stack(frames)  # [V, H, P*W, 3]
-        tiles = views.reshape(len(frames), h, self.n_particles, w, 3)  # [V, H, P, W, 3]
-        return tiles.transpose(2, 1, 0, 3, 4).reshape(self.n_particles * h, len(frames) * w, 3)
+        for i in range(len(cameras)):
+            self._val_rows.append(self._render_rows(cameras[i], with_assets=True))
 
     def on_validation_epoch_end(self) -> None:
-        frames = [f for batch in self._val_frames for f in batch]
-        if not frames or self.trainer.sanity_checking:
+        if not self._val_rows or self.trainer.sanity_checking:
             return
         out_dir = self.run_dir / "val"
-        write_image_atomic(self._particle_grid(frames), out_dir / f"step{self.global_step:06d}.png")
+        # Rows: particle 0, its asset, particle 1, its asset, ...; columns: orbit views.
+        write_image_atomic(tile_grid(self._val_rows), out_dir / f"step{self.global_step:06d}.png")
+        frames = [side_by_side(tiles) for tiles in self._val_rows]
         write_gif_atomic(frames, out_dir / f"step{self.global_step:06d}.gif", self.turntable_fps)
         log.info("wrote validation orbit to %s", out_dir)
 
     def on_test_epoch_start(self) -> None:
-        self._val_frames = []
+        self._val_rows = []
 
     def test_step(self, cameras: Cameras, batch_idx: int) -> None:
-        self._val_frames.append(self._render_views(cameras))
+        for i in range(len(cameras)):
+            self._val_rows.append(self._render_rows(cameras[i], with_assets=False))
 
     def on_test_epoch_end(self) -> None:
-        frames = [f for batch in self._val_frames for f in batch]
+        frames = [side_by_side(tiles) for tiles in self._val_rows]
         out_dir = self.run_dir / "test"
         for i, frame in enumerate(frames):
             write_image_atomic(frame, out_dir / f"view{i:03d}.png")
@@ -239,12 +367,25 @@ class RA3DSystem(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def _frozen_keys(self) -> set[str]:
-        """State-dict keys of the frozen guidance (the pretrained prior): never checkpointed,
-        since they are reloaded from ``from_pretrained`` and would add gigabytes per file."""
+        """State-dict keys of the frozen guidance (the pretrained prior and ω): never
+        checkpointed, since they are reloaded from ``from_pretrained`` / the adapter file and
+        would add gigabytes per file."""
         trainable = {
             f"guidance.{n}" for n, p in self.guidance.named_parameters() if p.requires_grad
         }
         return {k for k in self.state_dict() if k.startswith("guidance.") and k not in trainable}
+
+    def run_record(self) -> RunRecord:
+        """What checkpoints record about this run (see :mod:`ra3d.checkpoint`)."""
+        aug = self.augmentation
+        return RunRecord(
+            prompt=self.prompt,
+            n_particles=self.n_particles,
+            representation=self.representation_spec,
+            retrieval=aug.record() if aug is not None else None,
+            adapter=aug.adapter if aug is not None else None,
+            global_step=int(self.global_step),
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         frozen = self._frozen_keys()
@@ -254,26 +395,29 @@ class RA3DSystem(pl.LightningModule):
                 del state[key]
         checkpoint[RECORD_KEY] = self.run_record().to_dict()
 
-    def run_record(self) -> RunRecord:
-        """What checkpoints record about this run (see :mod:`ra3d.checkpoint`)."""
-        return RunRecord(
-            prompt=self.prompt,
-            n_particles=self.n_particles,
-            representation=self.representation_spec,
-            global_step=int(self.global_step),
-        )
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict")
         if state is None:
             raise CheckpointError("the checkpoint has no state_dict; is it a ra3d checkpoint?")
-        expected = set(self.state_dict()) - self._frozen_keys()
+        if RECORD_KEY in checkpoint:
+            self._restored_record = RunRecord.from_dict(checkpoint[RECORD_KEY])
+            self._check_record(self._restored_record, "the checkpoint")
+        own = self.state_dict()
+        expected = set(own) - self._frozen_keys()
         missing = sorted(expected - set(state))
-        unexpected = sorted(set(state) - set(self.state_dict()))
+        unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
             raise CheckpointError(
                 "the checkpoint does not match this configuration "
                 f"({len(missing)} missing keys, e.g. {missing[:3]}; {len(unexpected)} unexpected, "
                 f"e.g. {unexpected[:3]}). Resume with the config the run was started with "
                 "(its config.yaml is saved in the run folder)."
+            )
+        wrong = [k for k in state if tuple(state[k].shape) != tuple(own[k].shape)]
+        if wrong:
+            k = wrong[0]
+            raise CheckpointError(
+                f"the checkpoint's tensors have other shapes than this configuration's "
+                f"({len(wrong)} keys, e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}); "
+                "resume with the config the run was started with (its config.yaml)"
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ra3d.cameras import Cameras
@@ -31,6 +32,10 @@ class ColorField(Representation):
     def regularizers(self, output: RenderOutput) -> dict[str, Tensor]:
         return {"sparsity": output.rgb.mean()}
 
+    @property
+    def regularizer_names(self) -> tuple[str, ...]:
+        return ("sparsity",)
+
 
 class NoisyTargetGuidance(Guidance):
     """Pulls renders towards a grey target plus fresh noise each call; holds a frozen 'prior'
@@ -49,4 +54,36 @@ class NoisyTargetGuidance(Guidance):
     def forward(self, rgb, cameras, prompt, reference_rgb=None) -> GuidanceOutput:
         noisy_target = self.target + 0.05 * torch.randn_like(rgb) + self.adapter
         loss = ((rgb - noisy_target.detach()) ** 2).mean() + (self.adapter - 0.1).pow(2).sum()
-        return GuidanceOutput(loss=loss, terms={"loss_toy": loss.detach()})
+        return GuidanceOutput(loss=loss, terms={"loss_toy": loss})
+
+    @property
+    def loss_term_names(self) -> tuple[str, ...]:
+        return ("toy",)
+
+
+class FreeImage(Representation):
+    """A representation that *is* its image: ``rgb_foreground = colour``, ``opacity = alpha``,
+    the same at every camera (for closed-form tests of render-space losses)."""
+
+    def __init__(self, height: int = 4, width: int = 4, colour: float | None = None) -> None:
+        super().__init__()
+        init = (
+            torch.rand(height, width, 3)
+            if colour is None
+            else torch.full((height, width, 3), colour)
+        )
+        self.colour = nn.Parameter(init)
+        self.alpha = nn.Parameter(torch.ones(height, width, 1) * 0.5)
+
+    def render(self, cameras: Cameras) -> RenderOutput:
+        b, size = len(cameras), (cameras.height, cameras.width)
+        colour, alpha = self.colour, self.alpha
+        if size != tuple(colour.shape[:2]):  # nearest-neighbour resize to the camera's size
+            colour = F.interpolate(colour.permute(2, 0, 1)[None], size=size)[0].permute(1, 2, 0)
+            alpha = F.interpolate(alpha.permute(2, 0, 1)[None], size=size)[0].permute(1, 2, 0)
+        fg = colour.expand(b, *colour.shape)
+        alpha = alpha.expand(b, *alpha.shape)
+        background = torch.ones_like(fg)
+        rgb = fg + (1.0 - alpha) * background
+        return RenderOutput(rgb=rgb, opacity=alpha, depth=torch.zeros_like(alpha),
+                            extras={"rgb_foreground": fg, "background": background})  # fmt: skip

@@ -72,6 +72,12 @@ class Representation(nn.Module, ABC):
         """Named, unweighted regularizer terms for this render (weights live in the system)."""
         return {}
 
+    @property
+    def regularizer_names(self) -> tuple[str, ...]:
+        """Every name :meth:`regularizers` can return: the system accepts exactly these (plus the
+        guidance terms and ``asset``) as ``loss_weights`` keys, so a typo is an error."""
+        return ()
+
     def update_step(self, epoch: int, global_step: int) -> None:
         """Called once at the start of every training step (schedules, occupancy updates)."""
 

@@ -521,7 +521,9 @@ class MeshAsset(Representation):
     coverage, ``depth`` is the distance from the camera centre along the pixel's unit ray (the
     NeRF's expected ``t``), ``normal`` is the world-space shading normal turned towards the camera
     (meshes are rendered two-sided since retrieved assets are rarely watertight). With
-    ``supersample == 1`` ``extras["triangle_id"]`` (``[B, H, W]``, -1 = background) is included.
+    ``supersample == 1`` ``extras["triangle_id"]`` (``[B, H, W]``, -1 = background) is included;
+    ``extras["rgb_foreground"]`` is the premultiplied colour (colour × coverage) and
+    ``extras["background"]`` the background, as the NeRF reports them.
 
     Args:
         mesh: a :class:`MeshData` (used as given) or a path passed to :func:`load_mesh` with
@@ -681,17 +683,19 @@ class MeshAsset(Representation):
             to_light = F.normalize(light - points, dim=-1)
             lambert = (normal * to_light).sum(-1, keepdim=True).clamp(min=0.0)
             colour = colour * (self.ambient + (1.0 - self.ambient) * lambert)
-        rgb = colour * hit + self.background.to(vertices.dtype) * (1.0 - hit)
-
+        foreground = (colour * hit).clamp(0.0, 1.0)  # premultiplied: colour × coverage
         if s > 1:
-            rgb, hit, depth, normal = (_average_pool(x, s) for x in (rgb, hit, depth, normal))
+            foreground, hit, depth, normal = (
+                _average_pool(x, s) for x in (foreground, hit, depth, normal)
+            )
             normal = F.normalize(normal, dim=-1, eps=1e-12) * (hit > 0)
+        background = self.background.to(vertices.dtype).expand_as(foreground)
+        rgb = foreground + background * (1.0 - hit)
+        extras = {"rgb_foreground": foreground, "background": background}
+        if s == 1:
+            extras["triangle_id"] = frags.triangle_id
         return RenderOutput(
-            rgb=rgb.clamp(0.0, 1.0),
-            opacity=hit,
-            depth=depth,
-            normal=normal,
-            extras={"triangle_id": frags.triangle_id} if s == 1 else {},
+            rgb=rgb.clamp(0.0, 1.0), opacity=hit, depth=depth, normal=normal, extras=extras
         )
 
     # ------------------------------------------------------------------ export
