@@ -296,8 +296,8 @@ def test_offline_hub_id_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         DiffusionPrior("stabilityai/stable-diffusion-2-1-base")
     message = str(info.value)
     assert "'stabilityai/stable-diffusion-2-1-base' are not available offline" in message
-    assert "pretrained_model_name_or_path=/path/to/sd" in message
-    assert "ra3d fit --config configs/demo.yaml" in message
+    assert "/path/to/sd" in message  # the fix: a local folder ...
+    assert "ra3d fit --config configs/demo.yaml" in message  # ... or the offline demo
     assert isinstance(info.value, FileNotFoundError)
     # local_files_only=True means offline even without the environment variable.
     monkeypatch.delenv("HF_HUB_OFFLINE")
@@ -401,3 +401,46 @@ def test_building_the_tiny_model_leaves_the_global_rng_alone(tmp_path: Path) -> 
     torch.manual_seed(123)
     build_tiny_stable_diffusion(tmp_path / "m", seed=5)
     torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------ training target
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_training_target_closed_forms(prior: DiffusionPrior, prediction_type: str) -> None:
+    """ε, v = √ᾱ ε − √(1 − ᾱ) z0 (Salimans & Ho) or z0, with ᾱ from the scheduler; and the
+    target is consistent with to_epsilon: converting the target back gives ε."""
+    z0 = torch.randn(3, 4, 8, 8)
+    eps = torch.randn_like(z0)
+    t = torch.tensor([3, 420, 987])
+    abar = prior.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    expected = {
+        "epsilon": eps,
+        "v_prediction": abar.sqrt() * eps - (1 - abar).sqrt() * z0,
+        "sample": z0,
+    }[prediction_type]
+    old = prior.prediction_type
+    try:
+        prior.prediction_type = prediction_type
+        target = prior.training_target(z0, eps, t)
+        torch.testing.assert_close(target, expected, rtol=1e-6, atol=1e-6)
+        z_t = prior.add_noise(z0, eps, t)
+        torch.testing.assert_close(prior.to_epsilon(target, z_t, t), eps, rtol=1e-3, atol=1e-3)
+    finally:
+        prior.prediction_type = old
+
+
+def test_prior_owns_one_adapter_manager(prior: DiffusionPrior) -> None:
+    from ra3d.guidance.lora import AdapterManager
+
+    manager = prior.adapters
+    assert isinstance(manager, AdapterManager) and prior.adapters is manager
+    assert manager.unet is prior.unet
+    assert not any(isinstance(v, AdapterManager) for v in vars(prior.unet).values())
+
+
+def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from ra3d.guidance.prior import ra3d_cache_dir
+
+    monkeypatch.setenv("RA3D_CACHE_DIR", str(tmp_path / "c"))
+    assert ra3d_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("RA3D_CACHE_DIR")
+    assert ra3d_cache_dir() == Path.home() / ".cache" / "ra3d"

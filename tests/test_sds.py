@@ -295,3 +295,33 @@ def test_bad_inputs(prior: DiffusionPrior, cameras: Cameras) -> None:
         SDSGuidance(prior, max_step_percent=[0.98, 0.5])
     with pytest.raises(ConfigError, match="DiffusionPrior"):
         SDSGuidance(42)  # type: ignore[arg-type]
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("guidance_scale", NAN),
+        ("guidance_scale", INF),
+        ("front_threshold", NAN),
+        ("overhead_threshold", -INF),
+        ("grad_clip", NAN),
+        ("grad_clip", [0, 1.0, INF, 10]),
+        ("min_step_percent", NAN),
+        ("max_step_percent", [0, 0.98, NAN, 100]),
+    ],
+)
+def test_non_finite_settings_are_refused(prior: DiffusionPrior, key: str, value: object) -> None:
+    """NaN/inf would poison every step silently; the error names the setting."""
+    with pytest.raises(ConfigError, match=key):
+        SDSGuidance(prior, **{key: value})
+
+
+def test_loss_term_names_match_the_terms(prior: DiffusionPrior, cameras: Cameras) -> None:
+    guidance = SDSGuidance(prior, seed=0)
+    out = guidance(torch.rand(3, 32, 32, 3), cameras, PROMPT)
+    assert guidance.loss_term_names == ("sds",)
+    assert set(out.terms) == {f"loss_{n}" for n in guidance.loss_term_names}
+    assert torch.equal(out.loss, sum(out.terms.values()))

@@ -20,8 +20,10 @@ class GuidanceOutput:
     """What a guidance step returns.
 
     Attributes:
-        loss: scalar to back-propagate (sum of all terms below, already weighted).
-        terms: named scalar parts of ``loss`` (e.g. ``loss_vsd``, ``loss_lora``), for logging.
+        loss: scalar to back-propagate, the plain sum of :attr:`terms`.
+        terms: the named, *unweighted* scalar parts of ``loss`` (``loss_vsd``, ``loss_lora``);
+            a system that weights the parts separately (``loss_weights[name]``) sums
+            ``weight[name] * terms["loss_" + name]`` instead of using ``loss``.
         diagnostics: detached values for logging only (timestep, grad norm, …).
     """
 
@@ -47,6 +49,13 @@ class Guidance(nn.Module, ABC):
         reference_rgb: Tensor | None = None,
     ) -> GuidanceOutput:
         """Score ``rgb`` rendered at ``cameras`` for ``prompt``."""
+
+    @property
+    def loss_term_names(self) -> tuple[str, ...]:
+        """Names of the parts in :attr:`GuidanceOutput.terms`, without the ``loss_`` prefix (SDS:
+        ``("sds",)``, VSD: ``("vsd", "lora")``), so a system can validate its ``loss_weights``
+        keys before the first step. Empty for a guidance that reports no separate parts."""
+        return ()
 
     def update_step(self, epoch: int, global_step: int, max_steps: int) -> None:
         """Called once per training step (time-step annealing)."""

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -53,7 +55,6 @@ LORA_TARGET_MODULES: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
 CAMERA_CONDITION_TYPES: tuple[str, ...] = ("extrinsics", "mvp")
 _CAMERA_PREFIX = "camera_embedding."
 _FORMAT_TAG = "ra3d-lora-adapter-v1"
-_MANAGER_ATTR = "_ra3d_adapter_manager"
 
 
 # ---------------------------------------------------------------------------------------- camera
@@ -206,9 +207,13 @@ def lora_config(
 class AdapterManager:
     """Several named LoRA adapters on one UNet, with explicit activation and trainability.
 
+    One manager per UNet: :attr:`ra3d.guidance.prior.DiffusionPrior.adapters` owns it, and every
+    component sharing the prior's UNet uses that one (two managers on one UNet would disagree
+    about which adapters exist and which are active).
+
     Example::
 
-        adapters = AdapterManager(unet)
+        adapters = prior.adapters
         adapters.add("vsd", lora_config(4), trainable=True)
         adapters.load("view", "omega.safetensors", trainable=False)
         with adapters.use(["view"]):   # ε_(φ,ω): the prior term
@@ -225,16 +230,6 @@ class AdapterManager:
         self._layers: list[BaseTunerLayer] = []
         self._flags_ready = False  # requires_grad flags set once by the public peft API
         self._params: dict[str, list[tuple[str, nn.Parameter]]] = {}  # per-adapter cache
-
-    @classmethod
-    def for_unet(cls, unet: nn.Module) -> AdapterManager:
-        """The one manager of ``unet`` (created on first use), so that every component sharing the
-        UNet (VSD's ζ, the view adaptation's ω) sees the same adapter registry and selection."""
-        manager = unet.__dict__.get(_MANAGER_ATTR)
-        if manager is None:
-            manager = cls(unet)
-            unet.__dict__[_MANAGER_ATTR] = manager
-        return manager
 
     # -------------------------------------------------------------- bookkeeping
     @property
@@ -313,6 +308,25 @@ class AdapterManager:
             trainable,
         )
         return params
+
+    def remove(self, name: str) -> None:
+        """Delete adapter ``name`` from the UNet (its LoRA tensors go away; the base weights and
+        the other adapters are untouched). The current selection minus ``name`` stays active."""
+        self._check(name)
+        with warnings.catch_warnings():
+            # peft announces which adapter it activates instead; the manager re-selects below.
+            warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
+            if hasattr(self.unet, "delete_adapters"):  # diffusers: also drops unet.peft_config
+                self.unet.delete_adapters(name)
+            else:
+                for layer in self._layers:
+                    layer.delete_adapter(name)
+        del self._trainable[name]
+        del self._configs[name]
+        self._params.clear()
+        self._layers = [m for m in self.unet.modules() if isinstance(m, BaseTunerLayer)]
+        self._apply([n for n in self._active if n != name], force=True)
+        logger.info("removed LoRA adapter %r", name)
 
     def set_trainable(self, name: str, trainable: bool) -> None:
         self._check(name)
@@ -409,7 +423,16 @@ class AdapterManager:
             "adapter_name": name,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=metadata)
+        # Atomic: write a sibling temporary file and rename it over the target, so a crash or a
+        # concurrent reader (a cache lookup) never sees a half-written adapter.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         logger.info("saved adapter %r (%d tensors) to %s", name, len(tensors), path)
         return path
 

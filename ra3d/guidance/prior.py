@@ -18,15 +18,21 @@ the local Hugging Face cache fails immediately — before any network call — w
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ra3d.errors import ConfigError, ModelNotFoundError, OfflineModelError
+
+if TYPE_CHECKING:
+    from ra3d.guidance.lora import AdapterManager
 
 logger = logging.getLogger("ra3d.guidance.prior")
 
@@ -85,8 +91,9 @@ def hub_offline(local_files_only: bool | None = None) -> bool:
 
 def _offline_message(name: str) -> str:
     return (
-        f"the weights for {name!r} are not available offline; pass a local folder "
-        f"(pretrained_model_name_or_path=/path/to/sd) or run the offline demo "
+        f"the weights for {name!r} are not available offline; set the config key "
+        f"model.guidance.init_args.prior to a local diffusers folder "
+        f"(--model.guidance.init_args.prior /path/to/sd) or run the offline demo "
         f"`ra3d fit --config configs/demo.yaml`"
     )
 
@@ -121,6 +128,12 @@ def check_model_folder(folder: Path) -> None:
 TINY_MODEL_ID = "ra3d/tiny-sd"
 
 
+def ra3d_cache_dir() -> Path:
+    """ra3d's cache folder: ``$RA3D_CACHE_DIR`` if set, else ``~/.cache/ra3d`` (read at call
+    time). Holds the tiny demo model and the view adapters of :mod:`ra3d.guidance.adaptation`."""
+    return Path(os.environ.get("RA3D_CACHE_DIR", Path.home() / ".cache" / "ra3d")).expanduser()
+
+
 def ensure_tiny_model(seed: int = 0, image_size: int = 64) -> Path:
     """The random-weight tiny Stable Diffusion of the offline demo, built once into the cache.
 
@@ -133,7 +146,7 @@ def ensure_tiny_model(seed: int = 0, image_size: int = 64) -> Path:
 
     from ra3d.guidance.tiny import build_tiny_stable_diffusion
 
-    cache = Path(os.environ.get("RA3D_CACHE_DIR", Path.home() / ".cache" / "ra3d"))
+    cache = ra3d_cache_dir()
     folder = cache / f"tiny-sd-s{seed}-{image_size}px"
     if (folder / "model_index.json").is_file():
         return folder
@@ -227,6 +240,7 @@ class DiffusionPrior(nn.Module):
         self.weights_dtype = parse_dtype(dtype)
         offline = hub_offline(local_files_only)
         source = resolve_model_path(pretrained_model_name_or_path, local_files_only)
+        self.source: str = source  # what from_pretrained loaded: a local folder or a hub id
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         kwargs = {"local_files_only": offline or Path(source).is_dir()}
@@ -273,6 +287,8 @@ class DiffusionPrior(nn.Module):
         shift = getattr(self.vae.config, "shift_factor", None)
         self.shift_factor: float = float(shift) if shift is not None else 0.0
         self._text_cache: dict[str, Tensor] = {}
+        self._adapter_manager: AdapterManager | None = None
+        self._cache_id: str | None = None
         self.freeze()
         self.to(device)
 
@@ -285,6 +301,50 @@ class DiffusionPrior(nn.Module):
     def dtype(self) -> torch.dtype:
         """Precision of the UNet weights (inputs are cast to it)."""
         return next(self.unet.parameters()).dtype
+
+    @property
+    def adapters(self) -> AdapterManager:
+        """The one :class:`~ra3d.guidance.lora.AdapterManager` of this prior's UNet, created on
+        first use. Every component that shares the UNet (VSD's ζ, the view adapter ω of Eq. 12,
+        SDS's prior term, the adaptation trainer) goes through it, so they see one adapter
+        registry and one selection; the prior owns it rather than stashing it on the UNet."""
+        manager = self.__dict__.get("_adapter_manager")
+        if manager is None:
+            from ra3d.guidance.lora import AdapterManager
+
+            manager = AdapterManager(self.unet)
+            self.__dict__["_adapter_manager"] = manager
+        return manager
+
+    @property
+    def cache_id(self) -> str:
+        """A stable identifier of the *base* model, for caches keyed by the prior (the adapter
+        cache of :mod:`ra3d.guidance.adaptation`).
+
+        sha256 of: the model as named (hub id, or the resolved folder for local paths and the
+        tiny model), the UNet config, and for local folders the size and modification time of
+        each UNet weight file (so retrained weights saved over the same folder change the id
+        without hashing gigabytes). A hub snapshot folder already names its commit.
+        """
+        if self.__dict__.get("_cache_id") is None:
+            source = str(getattr(self, "source", self.pretrained_model_name_or_path))
+            folder = Path(source)
+            weights: list[tuple[str, int, int]] = []
+            if folder.is_dir():
+                source = str(folder.resolve())
+                unet_dir = folder / "unet"
+                for f in sorted(unet_dir.iterdir()) if unet_dir.is_dir() else []:
+                    if f.name.endswith(_WEIGHT_SUFFIXES):
+                        st = f.stat()
+                        weights.append((f.name, st.st_size, st.st_mtime_ns))
+            config = {k: v for k, v in dict(self.unet.config).items() if not k.startswith("_")}
+            payload = json.dumps(
+                {"source": source, "unet_config": config, "unet_weights": weights},
+                sort_keys=True,
+                default=str,
+            )
+            self.__dict__["_cache_id"] = hashlib.sha256(payload.encode()).hexdigest()
+        return self.__dict__["_cache_id"]
 
     def freeze(self) -> DiffusionPrior:
         """Freeze every base weight and switch to eval mode (the prior is never trained; LoRA
@@ -350,6 +410,15 @@ class DiffusionPrior(nn.Module):
         if isinstance(prompts, str):
             raise TypeError("encode_text takes a list of prompts; wrap a single prompt in a list")
         missing = list(dict.fromkeys(p for p in prompts if p not in self._text_cache))
+        limit = self.tokenizer.model_max_length  # 77 for CLIP, start and end tokens included
+        for prompt in missing:
+            n_tokens = len(self.tokenizer.tokenize(prompt)) + 2
+            if n_tokens > limit:
+                logger.warning(
+                    "the prompt %r is %d tokens long but the text encoder reads only the first "
+                    "%d: the rest is cut and ignored; shorten the prompt",
+                    prompt, n_tokens, limit,
+                )  # fmt: skip
         if missing:
             tokens = self.tokenizer(
                 missing,
@@ -368,6 +437,21 @@ class DiffusionPrior(nn.Module):
         self._text_cache.clear()
 
     # ------------------------------------------------------------------ diffusion
+    def training_target(self, latents: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What the UNet is trained to output for clean ``latents`` noised with ``noise`` at
+        ``t [B]`` (float32): ε, ``v = α_t ε − σ_t z`` or ``z``, per :attr:`prediction_type`.
+
+        The ordinary diffusion loss ``‖UNet(z_t, t, y) − target‖²`` of the VSD score model and of
+        the view adaptation (Eq. 12) uses it: a LoRA residual on the same UNet keeps the UNet's
+        parameterisation (for ε-prediction Eq. 12's ``‖ε_(φ,ω) − ε‖²`` literally).
+        """
+        if self.prediction_type == "epsilon":
+            return noise.float()
+        if self.prediction_type == "v_prediction":
+            alpha, sigma = self._alpha_sigma(t, latents.ndim)
+            return alpha * noise.float() - sigma * latents.float()
+        return latents.float()
+
     def _alpha_sigma(self, t: Tensor, ndim: int) -> tuple[Tensor, Tensor]:
         """α_t = √ᾱ_t and σ_t = √(1 − ᾱ_t), shaped to broadcast over ``ndim``-d latents."""
         if t.ndim != 1:

@@ -23,7 +23,9 @@ shared delta-distillation residual of Eq. 13, the loss) are used by VSD as well.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -43,6 +45,29 @@ _WEIGHTING_ALIASES = {"fantasia": "fantasia3d", "dreamfusion": "sds"}
 
 #: residual_fn(latents_noisy [N, C, h, w], t [N], noise [N, C, h, w]) -> residual [N, C, h, w]
 ResidualFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+#: Adapter name of the view-adaptation LoRA ω (Eq. 12) on the prior's shared UNet.
+VIEW_ADAPTER = "view"
+
+
+def check_finite(name: str, value: object) -> float:
+    """``float(value)``, or a :class:`ConfigError` naming the setting if it is not a finite
+    number (NaN/inf would silently poison every later step)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def check_finite_scheduled(name: str, value: Scheduled) -> None:
+    """A schedule (see :mod:`ra3d.schedule`) whose every number is finite."""
+    check_scheduled(value, name)
+    for v in [value] if isinstance(value, int | float) else list(value):
+        check_finite(name, v)
 
 
 # ---------------------------------------------------------------------------------- time steps
@@ -66,8 +91,8 @@ class TimestepRange:
         min_step_percent: Scheduled = 0.02,
         max_step_percent: Scheduled = 0.98,
     ) -> None:
-        check_scheduled(min_step_percent, "min_step_percent")
-        check_scheduled(max_step_percent, "max_step_percent")
+        check_finite_scheduled("min_step_percent", min_step_percent)
+        check_finite_scheduled("max_step_percent", max_step_percent)
         for name, value in (
             ("min_step_percent", min_step_percent),
             ("max_step_percent", max_step_percent),
@@ -241,6 +266,9 @@ class SDSGuidance(Guidance):
         negative_prompt: prompt of the unconditional branch.
         use_view_dependent_prompt: append front/side/back/overhead view words (DreamFusion).
         front_threshold, back_threshold, overhead_threshold: view-word sectors in degrees.
+        view_adapter_path: safetensors file of the view-adaptation adapter ω (Eq. 12, written by
+            ``ra3d adapt``), loaded frozen; the prior term then uses ``base + ω``. See
+            :meth:`set_view_adapter`.
         seed: seeds a private CPU generator for t and ε, making steps reproducible.
     """
 
@@ -258,13 +286,21 @@ class SDSGuidance(Guidance):
         front_threshold: float = 45.0,
         back_threshold: float = 45.0,
         overhead_threshold: float = 60.0,
+        view_adapter_path: str | Path | None = None,
         seed: int | None = None,
     ) -> None:
         super().__init__()
         if _WEIGHTING_ALIASES.get(weighting, weighting) not in WEIGHTINGS:
             raise ConfigError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
+        check_finite("guidance_scale", guidance_scale)
+        for name, value in (
+            ("front_threshold", front_threshold),
+            ("back_threshold", back_threshold),
+            ("overhead_threshold", overhead_threshold),
+        ):
+            check_finite(name, value)
         if grad_clip is not None:
-            check_scheduled(grad_clip, "grad_clip")
+            check_finite_scheduled("grad_clip", grad_clip)
         if isinstance(prior, str):
             use_half = half_precision_weights and torch.cuda.is_available()
             if half_precision_weights and not use_half:
@@ -292,6 +328,48 @@ class SDSGuidance(Guidance):
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.global_step = 0
         self._prompts: dict[str, PromptEmbeddings] = {}
+        #: adapters active in the prior term: ``[]`` (base) or ``["view"]`` (base + ω).
+        self.prior_adapters: list[str] = []
+        self.view_adapter_path: str | None = None
+        if view_adapter_path is not None:
+            self.set_view_adapter(view_adapter_path)
+
+    # ------------------------------------------------------------------ view adapter ω (Eq. 12)
+    def set_view_adapter(self, path: str | Path | None) -> None:
+        """Use the view-adapted prior ``ε_(φ,ω)`` of Eq. 12 in the prior term, or the base prior.
+
+        ``path`` is a safetensors adapter written by ``ra3d adapt`` /
+        :func:`ra3d.guidance.adaptation.adapt_prior`. ω is loaded as adapter ``"view"`` on the
+        prior's shared UNet and is *frozen*: ``requires_grad=False`` and in no optimizer group,
+        so the fit never changes it. ``None`` removes ω from the UNet (the prior term is the base
+        model again). Loading a second file replaces ω's weights in place.
+        """
+        manager = self.prior.adapters
+        if path is None:
+            if VIEW_ADAPTER in manager.names:
+                manager.remove(VIEW_ADAPTER)
+            self.prior_adapters = []
+            self.view_adapter_path = None
+            return
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(
+                f"view adapter not found: {path}. Create one with `ra3d adapt --prompt ...` "
+                "(or `--assets mesh.glb`), or leave view_adapter_path unset"
+            )
+        try:
+            manager.load(path, VIEW_ADAPTER, trainable=False)
+        except ValueError as err:
+            raise ConfigError(
+                f"cannot use {path} as the view adapter: {err}. Re-run `ra3d adapt` with this prior"
+            ) from err
+        self.prior_adapters = [VIEW_ADAPTER]
+        self.view_adapter_path = str(path)
+        logger.info("prior term uses base + view adapter ω from %s", path)
+
+    @property
+    def loss_term_names(self) -> tuple[str, ...]:
+        return ("sds",)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -322,6 +400,14 @@ class SDSGuidance(Guidance):
         if rgb.ndim != 4 or rgb.shape[-1] != 3:
             raise ValueError(f"guidance expects rgb [B, H, W, 3] in [0, 1], got {tuple(rgb.shape)}")
         return self.prior.encode_images(self.prior.resize_to_native(rgb))
+
+    def prior_noise(self, latents_noisy: Tensor, t: Tensor, cond: Tensor, uncond: Tensor) -> Tensor:
+        """ε_φ (or ε_(φ,ω) with the view adapter) with classifier-free guidance at
+        ``guidance_scale``; ``cond``/``uncond`` ``[B, L, D]``."""
+        with self.prior.adapters.use(self.prior_adapters):
+            return guided_noise_prediction(
+                self.prior, latents_noisy, t, cond, uncond, self.guidance_scale
+            )
 
     # ------------------------------------------------------------------ Guidance API
     def forward(
@@ -395,13 +481,8 @@ class SDSGuidance(Guidance):
 
         def residual_fn(latents_noisy: Tensor, tt: Tensor, eps: Tensor) -> Tensor:
             k = latents_noisy.shape[0] // b
-            eps_hat = guided_noise_prediction(
-                self.prior,
-                latents_noisy,
-                tt,
-                cond.repeat(k, 1, 1),
-                uncond.repeat(k, 1, 1),
-                self.guidance_scale,
+            eps_hat = self.prior_noise(
+                latents_noisy, tt, cond.repeat(k, 1, 1), uncond.repeat(k, 1, 1)
             )
             return eps_hat - eps
 

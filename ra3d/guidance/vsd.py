@@ -4,15 +4,27 @@ VSD moves each particle θ⁽ⁱ⁾ along (Eq. 2)
 
     v_prior = −E_{t,ε,ψ}[ w(t) (ε_φ(x_t, t, e(c, ψ)) − ε_(φ,ζ)(x_t, t, c, ψ)) ∂g(θ, ψ)/∂θ ],
 
-where ``ε_φ`` is the pretrained prior (classifier-free guided, view-dependent prompt) and
+where ``ε_φ`` is the pretrained prior (classifier-free guided, view-dependent prompt e(c, ψ)) and
 ``ε_(φ,ζ)`` is the score of the *rendered-image* distribution q_t^γ(x_t | ψ, c): the same UNet
 with a LoRA adapter ζ and a camera condition ψ, trained online with the ordinary diffusion loss on
 the (detached) renders. SDS is the special case that replaces ε_(φ,ζ) by the injected noise ε.
 
-Memory: there is one UNet. The frozen prior term runs it with adapters switched off (or with the
-frozen view-adaptation adapter ω of Eq. 12: ``base + ω``), the score model with ``base + ζ`` and
-the camera embedding added to the time embedding (see :mod:`ra3d.guidance.lora`). Peak memory is
-therefore one set of base weights plus the adapters, instead of two UNet copies.
+Text conditions. The prior term sees the view-dependent prompt e(c, ψ); the score model — both its
+prediction in the VSD term and its training loss — sees the *plain* prompt c, as Eq. 2 writes
+ε_(φ,ζ)(x_t, t, c, ψ) and as threestudio's ProlificDreamer guidance does (the camera ψ reaches the
+score model through its camera embedding, not through view words).
+
+Which UNet each term runs (decided here). With the view adapter ω of Eq. 12 loaded, the prior term
+is the adapted prior ``base + ω`` and the score model is ``base + ω + ζ``. ζ and the camera
+embedding start at zero, so at step 0 the score model *equals* the (conditional) prior the
+particles are distilled from — the property ProlificDreamer gets by starting both from one UNet —
+and ζ only has to learn how the particles' renders differ from the adapted prior, not also undo
+ω. ω is frozen throughout (``requires_grad=False``, in no optimizer group); only ζ and the camera
+embedding train. Without ω both reduce to ``base`` and ``base + ζ``.
+
+Memory: there is one UNet. Each term selects its adapters on it (see :mod:`ra3d.guidance.lora`)
+and the camera embedding is added to the time embedding only inside the score model's calls. Peak
+memory is therefore one set of base weights plus the adapters, instead of two UNet copies.
 
 One scalar loss carries both updates, and its gradients split cleanly:
 
@@ -22,6 +34,9 @@ One scalar loss carries both updates, and its gradients split cleanly:
 * ``loss_lora = ‖ε_(φ,ζ)(α_t sg(z) + σ_t ε', t', c, ψ̃) − target‖²`` (mean) with its own
   ``t' ~ U[0, T)``, noise ε' and camera dropout ψ̃: it reaches ζ and the camera embedding only.
 * The base UNet is frozen (``requires_grad=False``) and ω is frozen.
+
+``GuidanceOutput.terms`` holds the two unweighted parts (``loss = loss_vsd + loss_lora``); a
+system weighting them separately uses :attr:`VSDGuidance.loss_term_names` = ``("vsd", "lora")``.
 
 Particles (ParVI, App. B.3): the system concatenates the renders of all particles along the batch,
 each with its own cameras; every sample gets its own t and ε, and the score model is trained on
@@ -58,12 +73,13 @@ from ra3d.guidance.lora import (
 )
 from ra3d.guidance.prior import DiffusionPrior
 from ra3d.guidance.sds import (
+    VIEW_ADAPTER,
     SDSGuidance,
+    check_finite,
     classifier_free_guidance,
     clean_grad,
     distillation_loss,
     distillation_residual,
-    guided_noise_prediction,
     sample_noise,
     timestep_weight,
 )
@@ -73,7 +89,7 @@ logger = logging.getLogger("ra3d.guidance.vsd")
 
 #: Adapter names on the shared UNet: ζ (the VSD score model) and ω (view adaptation, Eq. 12).
 VSD_ADAPTER = "vsd"
-VIEW_ADAPTER = "view"
+__all__ = ["VSD_ADAPTER", "VIEW_ADAPTER", "VSDGuidance"]
 
 
 class VSDGuidance(SDSGuidance):
@@ -97,7 +113,8 @@ class VSDGuidance(SDSGuidance):
         lora_n_timestamp_samples: how many (t', ε') draws per render train the score model.
         weighting: w(t): ``"sds"`` (1 − ᾱ_t), ``"uniform"`` or ``"fantasia3d"``.
         view_adapter_path: safetensors file of the view-adaptation adapter ω (Eq. 12), loaded
-            frozen; the prior term then uses ``base + ω``.
+            frozen; the prior term then uses ``base + ω`` and the score model ``base + ω + ζ``
+            (see the module docstring and :meth:`set_view_adapter`).
         delta_every: apply delta distillation (when a reference is given) on steps where
             ``global_step % delta_every == 0``.
         lora_lr: learning rate of ζ and the camera embedding (1e-4, ProlificDreamer).
@@ -119,7 +136,7 @@ class VSDGuidance(SDSGuidance):
         camera_dropout: float = 0.1,
         lora_n_timestamp_samples: int = 1,
         weighting: str = "sds",
-        view_adapter_path: str | None = None,
+        view_adapter_path: str | Path | None = None,
         delta_every: int = 1,
         lora_lr: float = 1e-4,
         grad_clip: Scheduled | None = None,
@@ -146,8 +163,13 @@ class VSDGuidance(SDSGuidance):
             raise ConfigError(f"delta_every must be >= 1 (1 = every step), got {delta_every}")
         if lora_rank < 1:
             raise ConfigError(f"lora_rank must be >= 1, got {lora_rank}")
-        if lora_lr <= 0:
+        if check_finite("lora_lr", lora_lr) <= 0:
             raise ConfigError(f"lora_lr must be positive, got {lora_lr}")
+        check_finite("guidance_scale_lora", guidance_scale_lora)
+        if lora_alpha is not None and check_finite("lora_alpha", lora_alpha) <= 0:
+            raise ConfigError(
+                f"lora_alpha must be positive (or None for alpha = rank), got {lora_alpha}"
+            )
         super().__init__(
             prior,
             guidance_scale=guidance_scale,
@@ -161,6 +183,7 @@ class VSDGuidance(SDSGuidance):
             front_threshold=front_threshold,
             back_threshold=back_threshold,
             overhead_threshold=overhead_threshold,
+            view_adapter_path=view_adapter_path,
             seed=seed,
         )
         self.guidance_scale_lora = float(guidance_scale_lora)
@@ -171,26 +194,35 @@ class VSDGuidance(SDSGuidance):
         self.lora_lr = float(lora_lr)
 
         unet = self.prior.unet
-        self.adapters: AdapterManager = AdapterManager.for_unet(unet)
         self.adapters.add(
             VSD_ADAPTER, lora_config(lora_rank, lora_alpha, LORA_TARGET_MODULES), trainable=True
         )
-        self.prior_adapters: list[str] = []
-        if view_adapter_path is not None:
-            self.load_adapter(view_adapter_path, VIEW_ADAPTER, trainable=False)
-            self.prior_adapters = [VIEW_ADAPTER]
         # Float32 whatever the UNet precision: it is trained with Adam, like the LoRA weights
         # (peft keeps adapter weights in float32 on half-precision layers).
         self.camera_embedding = CameraEmbedding(16, time_embedding_dim(unet)).to(self.prior.device)
         self.camera_conditioner = CameraConditioner(unet, self.camera_embedding)
         logger.info(
-            "VSD: one shared UNet; prior term uses %s, score model uses base+%s (rank %d)",
-            "base+" + "+".join(self.prior_adapters) if self.prior_adapters else "base",
-            VSD_ADAPTER,
+            "VSD: one shared UNet; prior term uses %s, score model uses %s (rank %d)",
+            "+".join(["base", *self.prior_adapters]),
+            "+".join(["base", *self.score_adapters]),
             lora_rank,
         )
 
     # ------------------------------------------------------------------ parameters / adapters
+    @property
+    def adapters(self) -> AdapterManager:
+        """The prior's adapter manager (one per UNet, owned by the :class:`DiffusionPrior`)."""
+        return self.prior.adapters
+
+    @property
+    def score_adapters(self) -> list[str]:
+        """Adapters of the score model ε_(φ,ζ): the prior term's (ω, if loaded) plus ζ."""
+        return [*self.prior_adapters, VSD_ADAPTER]
+
+    @property
+    def loss_term_names(self) -> tuple[str, ...]:
+        return ("vsd", "lora")
+
     def lora_parameters(self) -> list[nn.Parameter]:
         """ζ and the camera embedding: everything the score-model loss trains."""
         return self.adapters.parameters(VSD_ADAPTER) + list(self.camera_embedding.parameters())
@@ -225,19 +257,13 @@ class VSDGuidance(SDSGuidance):
         """ψ as the score model sees it: ``[B, 16]`` on the prior's device."""
         return camera_condition(cameras, self.camera_condition_type).to(self.prior.device)
 
-    def prior_noise(self, latents_noisy: Tensor, t: Tensor, cond: Tensor, uncond: Tensor) -> Tensor:
-        """ε_φ (or ε_(φ,ω)) with classifier-free guidance at ``guidance_scale``."""
-        with self.adapters.use(self.prior_adapters):
-            return guided_noise_prediction(
-                self.prior, latents_noisy, t, cond, uncond, self.guidance_scale
-            )
-
     def score_model_noise(
         self, latents_noisy: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, camera: Tensor
     ) -> Tensor:
-        """ε_(φ,ζ)(x_t, t, c, ψ): base + ζ with the camera embedding; classifier-free guidance
-        at ``guidance_scale_lora`` against (negative prompt, zero camera) when it is not 1."""
-        with self.adapters.use([VSD_ADAPTER]):
+        """ε_(φ,ζ)(x_t, t, c, ψ): base (+ ω) + ζ with the camera embedding, ``cond`` the *plain*
+        prompt's embedding ``[B, L, D]``; classifier-free guidance at ``guidance_scale_lora``
+        against (negative prompt, zero camera) when it is not 1."""
+        with self.adapters.use(self.score_adapters):
             if self.guidance_scale_lora == 1.0:
                 with self.camera_conditioner.condition(camera):
                     return self.prior.predict_noise(latents_noisy, t, cond)
@@ -263,8 +289,9 @@ class VSDGuidance(SDSGuidance):
     ) -> Tensor:
         """Diffusion loss of the score model on detached render latents ``[B, C, h, w]``.
 
-        ``t' ~ U{0, …, T−1}``, fresh ε' (or the given ``t [nB]``, ``noise [nB, C, h, w]``, with
-        n = ``lora_n_timestamp_samples``), camera dropout; the target follows the prior's
+        ``cond [B, L, D]`` is the *plain* prompt's embedding (the score model never sees view
+        words). ``t' ~ U{0, …, T−1}``, fresh ε' (or the given ``t [nB]``, ``noise [nB, C, h, w]``,
+        with n = ``lora_n_timestamp_samples``), camera dropout; the target follows the prior's
         parameterisation (ε, v = α ε − σ z, or z) since ζ is a residual on the same UNet.
         """
         n = self.lora_n_timestamp_samples
@@ -287,16 +314,9 @@ class VSDGuidance(SDSGuidance):
         noisy = self.prior.add_noise(z, noise, t)
         cam = drop_camera_condition(camera.repeat(n, 1), self.camera_dropout, generator)
         text = cond.repeat(n, 1, 1)
-        prediction_type = self.prior.prediction_type
-        if prediction_type == "epsilon":
-            target = noise
-        elif prediction_type == "v_prediction":
-            abar = self.prior.alphas_cumprod[t].view(-1, 1, 1, 1)
-            target = abar.sqrt() * noise - (1.0 - abar).sqrt() * z
-        else:  # "sample"
-            target = z
+        target = self.prior.training_target(z, noise, t)
         dtype = self.prior.dtype
-        with self.adapters.use([VSD_ADAPTER]), self.camera_conditioner.condition(cam):
+        with self.adapters.use(self.score_adapters), self.camera_conditioner.condition(cam):
             out = self.prior.unet(noisy.to(dtype), t, encoder_hidden_states=text.to(dtype)).sample
         return F.mse_loss(out.float(), target, reduction="mean")
 
@@ -319,14 +339,16 @@ class VSDGuidance(SDSGuidance):
         if latents.ndim != 4:
             raise ValueError(f"latents must be [B, C, h, w], got {tuple(latents.shape)}")
         t, noise = self._draw_t_and_noise(latents, cameras, t, noise, generator)
-        cond, uncond = self.prompt_embeddings(prompt).get(cameras)
+        embeddings = self.prompt_embeddings(prompt)
+        cond, uncond = embeddings.get(cameras)  # e(c, ψ) per camera, for the prior term
+        plain = embeddings.cond_embedding.to(cond.device).expand(b, -1, -1)  # c, for ε_(φ,ζ)
         camera = self.camera_condition(cameras)  # [B, 16]
 
         def residual_fn(latents_noisy: Tensor, tt: Tensor, eps: Tensor) -> Tensor:
             k = latents_noisy.shape[0] // b  # 2 when the reference rides in the same batch
             c, u, cam = cond.repeat(k, 1, 1), uncond.repeat(k, 1, 1), camera.repeat(k, 1)
             eps_prior = self.prior_noise(latents_noisy, tt, c, u)
-            eps_score = self.score_model_noise(latents_noisy, tt, c, u, cam)
+            eps_score = self.score_model_noise(latents_noisy, tt, plain.repeat(k, 1, 1), u, cam)
             return eps_prior - eps_score
 
         apply_delta = reference_latents is not None and self.global_step % self.delta_every == 0
@@ -338,7 +360,7 @@ class VSDGuidance(SDSGuidance):
         grad = clean_grad(w * residual, clip)
         loss_vsd = distillation_loss(latents, grad)
         loss_lora = self.lora_loss(
-            latents, cond, camera, generator=generator if generator is not None else self.generator
+            latents, plain, camera, generator=generator if generator is not None else self.generator
         )
         return GuidanceOutput(
             loss=loss_vsd + loss_lora,
