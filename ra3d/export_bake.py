@@ -10,10 +10,11 @@ field, not in the mesh. Export therefore
    clustering on a regular grid;
 2. unwraps it with xatlas into one atlas of ``texture_size^2`` texels with ``padding`` texels
    between charts;
-3. bakes the albedo: the atlas is rasterised in UV space (the same rasteriser as the mesh
-   renders, :mod:`ra3d.representations.rasterize`, with UVs as clip coordinates and ``w = 1`` so
-   the barycentrics are affine), the 3D position of every texel centre is interpolated with its
-   barycentrics and the texture field is queried there (``Representation.query_albedo``);
+3. bakes the albedo: the atlas is rasterised in UV space (pure torch, on the representation's
+   device; texel centres tested against edge functions like
+   :mod:`ra3d.representations.rasterize`, without its depth test since charts do not overlap),
+   the 3D position of every texel centre is interpolated with its barycentrics and the texture
+   field is queried there (``Representation.query_albedo``);
 4. pads the seams so no background bleeds in when the texture is bilinearly filtered or
    mip-mapped: texels within ``margin`` of a chart take the colour of the nearest surface point
    of a neighbouring triangle of that chart (barycentrics clamped to the triangle), and every
@@ -35,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ra3d.representations.rasterize import Rasterizer
-
 logger = logging.getLogger("ra3d.export")
+
+#: Chart size cap for xatlas, in faces (see :func:`unwrap`).
+FACES_PER_CHART = 256
 
 
 @dataclass
@@ -135,25 +137,48 @@ def cluster_vertices(
 
 
 # ---------------------------------------------------------------------- unwrapping
-def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: int) -> UVMesh:
-    """xatlas charts packed into one ``texture_size^2`` atlas with ``padding`` texels between
-    charts; vertices are split where a vertex gets several UVs."""
+def unwrap(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    texture_size: int,
+    padding: int,
+    faces_per_chart: int = FACES_PER_CHART,
+) -> UVMesh:
+    """xatlas charts packed into one atlas for a ``texture_size^2`` texture with at least about
+    ``padding`` texels between charts; vertices are split where a vertex gets several UVs.
+
+    Charts are capped at the area of about ``faces_per_chart`` faces: xatlas' parameterisation
+    of one large chart is super-linear in its size (a 50k-face surface-nets mesh unwraps in ~40 s
+    as 9 charts and ~2.5 s as ~350), at the price of more seams, which the baking pads.
+    xatlas sizes the atlas only approximately to ``resolution`` (up to ~1.6x larger on dense
+    meshes) and the UVs are normalised to [0, 1] afterwards, which shrinks the gaps by the same
+    factor; the requested gap is therefore doubled.
+    """
     import xatlas
 
+    v = np.ascontiguousarray(vertices, np.float32)
+    f = np.ascontiguousarray(faces, np.uint32)
+    a, b, c = (v[f[:, k]].astype(np.float64) for k in range(3))
+    area = 0.5 * float(np.linalg.norm(np.cross(b - a, c - a), axis=1).sum())
     atlas = xatlas.Atlas()
-    atlas.add_mesh(
-        np.ascontiguousarray(vertices, np.float32), np.ascontiguousarray(faces, np.uint32)
-    )
+    atlas.add_mesh(v, f)
     chart_options = xatlas.ChartOptions()
+    if area > 0:
+        chart_options.max_chart_area = area * faces_per_chart / len(f)
     pack_options = xatlas.PackOptions()
     pack_options.resolution = int(texture_size)
-    pack_options.padding = int(padding)
+    pack_options.padding = int(2 * padding)
     pack_options.bilinear = True
-    pack_options.blockAlign = True  # much faster packing, a few % of atlas space
+    pack_options.blockAlign = True  # much faster packing for a few % of atlas space
     atlas.generate(chart_options, pack_options)
     vmapping, indices, uvs = atlas[0]
+    logger.info(
+        "xatlas: %d charts, atlas %dx%d texels normalised to %d^2 (chart gaps >= %.1f texels)",
+        atlas.chart_count, atlas.width, atlas.height, texture_size,
+        2 * padding * texture_size / max(atlas.width, atlas.height, 1),
+    )  # fmt: skip
     return UVMesh(
-        vertices=np.asarray(vertices, np.float32)[vmapping],
+        vertices=v[vmapping],
         faces=np.asarray(indices, np.int64),
         uvs=np.asarray(uvs, np.float32),
     )
@@ -163,7 +188,7 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: 
 @dataclass
 class TexelSurface:
     """Which surface point every texel shows: ``triangle [H, W]`` int64 (-1 = none) and
-    ``bary [H, W, 3]`` float64 barycentrics inside that triangle."""
+    ``bary [H, W, 3]`` float32 barycentrics inside that triangle."""
 
     triangle: Tensor
     bary: Tensor
@@ -176,14 +201,14 @@ def texel_centres(size: int, device: torch.device | str = "cpu") -> tuple[Tensor
     return u, v
 
 
-def rasterize_uv(mesh: UVMesh, size: int, margin: int) -> TexelSurface:
+def rasterize_uv(
+    mesh: UVMesh, size: int, margin: int, device: torch.device | str = "cpu"
+) -> TexelSurface:
     """Assign a triangle and barycentrics to every texel covered by the atlas, and to texels up
-    to ``margin`` texels outside a chart (nearest point of a neighbouring triangle)."""
-    uv = torch.from_numpy(mesh.uvs).double()  # [V, 2]
-    faces = torch.from_numpy(mesh.faces)
-    clip = torch.cat([uv * 2.0 - 1.0, torch.zeros_like(uv[:, :1]), torch.ones_like(uv[:, :1])], 1)
-    frags = Rasterizer("torch").rasterize(clip[None], faces, size, size)
-    triangle = frags.triangle_id[0].clone()  # [H, W]
+    to ``margin`` texels outside a chart (a nearby point of a neighbouring triangle)."""
+    uv = torch.from_numpy(mesh.uvs).to(device=device, dtype=torch.float64)  # [V, 2]
+    faces = torch.from_numpy(mesh.faces).to(device)
+    triangle, bary = rasterize_uv_triangles(uv, faces, size)
 
     # Triangles too thin to cover a texel centre still own the texel under their UV centroid.
     centroid = uv[faces].mean(dim=1)  # [F, 2]
@@ -192,21 +217,81 @@ def rasterize_uv(mesh: UVMesh, size: int, margin: int) -> TexelSurface:
     empty = triangle[row, col] < 0
     triangle[row[empty], col[empty]] = torch.nonzero(empty)[:, 0]
 
-    # Grow every chart by `margin` texels: an empty texel takes a covered neighbour's triangle.
+    # Grow every chart by `margin` texels: an empty texel takes a covered neighbour's triangle
+    # (ids + 1 are exact in float32 up to 2^24 faces).
+    covered = bary.sum(-1) > 0
     for _ in range(margin):
         free = triangle < 0
         if not free.any():
             break
-        grown = F.max_pool2d((triangle + 1).double()[None, None], 3, stride=1, padding=1)
-        grown = grown[0, 0].long() - 1
-        triangle = torch.where(free, grown, triangle)
+        grown = F.max_pool2d((triangle + 1).float()[None, None], 3, stride=1, padding=1)
+        triangle = torch.where(free, grown[0, 0].long() - 1, triangle)
 
-    u, v = texel_centres(size)
-    bary = torch.zeros(size, size, 3, dtype=torch.float64)
-    hit = triangle >= 0
-    corners = uv[faces[triangle[hit]]]  # [N, 3, 2]
-    bary[hit] = clamped_barycentrics(corners, torch.stack([u[hit], v[hit]], dim=-1))
+    # Texels outside every triangle (margins, centroid texels): clamped barycentrics.
+    fix = (triangle >= 0) & ~covered
+    u, v = texel_centres(size, device)
+    corners = uv[faces[triangle[fix]]]  # [N, 3, 2]
+    bary[fix] = clamped_barycentrics(corners, torch.stack([u[fix], v[fix]], dim=-1)).float()
     return TexelSurface(triangle=triangle, bary=bary)
+
+
+def rasterize_uv_triangles(
+    uv: Tensor, faces: Tensor, size: int, max_candidates: int = 2**21
+) -> tuple[Tensor, Tensor]:
+    """Texels whose centre lies inside a UV triangle → ``(triangle [H, W] int64 (-1 = none),
+    bary [H, W, 3] float32)``; row 0 is ``v = 1``.
+
+    A lean special case of :mod:`ra3d.representations.rasterize` for the atlas, where charts do
+    not overlap: no depth test and no perspective, and edge functions are evaluated relative to
+    each triangle's first corner (small numbers, so float32 suffices). Every triangle's
+    bounding-box texels are tested in chunks of ``max_candidates``. A texel on an edge shared by
+    two triangles goes to either; one missed by both (rounding) is filled by the margin step.
+    """
+    device = uv.device
+    x = (uv[:, 0] * size)[faces]  # [F, 3] pixel columns (texel centres at +0.5)
+    y = ((1.0 - uv[:, 1]) * size)[faces]  # [F, 3] pixel rows, downwards
+    x0, y0 = x[:, 0:1], y[:, 0:1]
+    lx, ly = (x - x0).float(), (y - y0).float()  # corners relative to corner 0
+    x1, y1 = lx.roll(-1, dims=1), ly.roll(-1, dims=1)  # corner i+1
+    x2, y2 = lx.roll(-2, dims=1), ly.roll(-2, dims=1)  # corner i+2
+    a, b, c = y1 - y2, x2 - x1, x1 * y2 - x2 * y1  # edge i opposite corner i: a px + b py + c
+    area = c.sum(dim=1)  # twice the signed area
+    col_lo = torch.ceil(x.amin(1) - 0.5).clamp(min=0).long()
+    col_hi = torch.floor(x.amax(1) - 0.5).clamp(max=size - 1).long()
+    row_lo = torch.ceil(y.amin(1) - 0.5).clamp(min=0).long()
+    row_hi = torch.floor(y.amax(1) - 0.5).clamp(max=size - 1).long()
+    n_cols = (col_hi - col_lo + 1).clamp(min=0)
+    counts = n_cols * (row_hi - row_lo + 1).clamp(min=0) * (area.abs() > 1e-12)
+    keep = torch.nonzero(counts > 0)[:, 0]
+    inv_area = 1.0 / area[keep]
+    coeffs = torch.cat([a[keep], b[keep], c[keep]], dim=1) * inv_area[:, None]  # [T, 9]
+    origin = torch.stack([x0[keep, 0], y0[keep, 0]], dim=1)  # [T, 2] float64
+    counts, n_cols, col_lo, row_lo = counts[keep], n_cols[keep], col_lo[keep], row_lo[keep]
+
+    triangle = torch.full((size * size,), -1, dtype=torch.int64, device=device)
+    bary = torch.zeros(size * size, 3, dtype=torch.float32, device=device)
+    ends = torch.cumsum(counts, dim=0)
+    start = 0
+    while start < len(keep):
+        done = int(ends[start - 1]) if start > 0 else 0
+        stop = max(int(torch.searchsorted(ends, done + max_candidates, right=True)), start + 1)
+        local = torch.repeat_interleave(
+            torch.arange(start, stop, device=device), counts[start:stop]
+        )  # [P] triangle of each candidate texel
+        first = ends[local] - counts[local]
+        index = torch.arange(done, done + local.shape[0], device=device) - first
+        cols = col_lo[local] + index % n_cols[local]
+        rows = row_lo[local] + torch.div(index, n_cols[local], rounding_mode="floor")
+        px = (cols.double() + 0.5 - origin[local, 0]).float()
+        py = (rows.double() + 0.5 - origin[local, 1]).float()
+        k = coeffs[local]  # [P, 9]
+        weights = k[:, 0:3] * px[:, None] + k[:, 3:6] * py[:, None] + k[:, 6:9]  # [P, 3]
+        inside = (weights >= 0).all(dim=1)
+        texel = rows[inside] * size + cols[inside]
+        triangle[texel] = keep[local[inside]]
+        bary[texel] = weights[inside]
+        start = stop
+    return triangle.view(size, size), bary.view(size, size, 3)
 
 
 def clamped_barycentrics(corners: Tensor, points: Tensor) -> Tensor:
@@ -265,18 +350,19 @@ def bake_albedo(
     ``query(points [N, 3]) -> [N, 3]`` is the texture field (``Representation.query_albedo``);
     it is evaluated at the 3D point of every texel of a chart or its margin, in chunks.
     """
-    surface = rasterize_uv(mesh, size, margin)
+    surface = rasterize_uv(mesh, size, margin, device)
     hit = surface.triangle >= 0
-    vertices = torch.from_numpy(mesh.vertices).double()
-    faces = torch.from_numpy(mesh.faces)
+    vertices = torch.from_numpy(mesh.vertices).to(device)
+    faces = torch.from_numpy(mesh.faces).to(device)
     corners = vertices[faces[surface.triangle[hit]]]  # [N, 3, 3]
-    points = (surface.bary[hit][..., None] * corners).sum(dim=1)  # [N, 3]
+    points = (surface.bary[hit][..., None] * corners).sum(dim=1)  # [N, 3] float32
     colours = []
     with torch.no_grad():
         for start in range(0, points.shape[0], chunk):
             part = points[start : start + chunk].to(device=device, dtype=torch.float32)
             colours.append(query(part).detach().float().cpu())
     image = torch.zeros(size, size, 3, dtype=torch.float32)
+    hit = hit.cpu()
     if colours:
         image[hit] = torch.cat(colours).clamp(0.0, 1.0)
     texture = push_pull(image, hit.float())
