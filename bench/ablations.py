@@ -148,8 +148,9 @@ def table(runs: list[dict], args: argparse.Namespace) -> str:
             summary = data["summary"]
             if not data["clip"].get("available"):
                 clip_note = data["clip"].get("reason")
-            for note in dict.fromkeys(n for p in data["particles"] for n in p["notes"]):
-                notes.append(f"- {r['variant']}: {note}")
+            # One note per kind (particles differ only in the numbers inside parentheses).
+            kinds = {n.split(" (")[0]: n for p in reversed(data["particles"]) for n in p["notes"]}
+            notes += [f"- {r['variant']}: {note}" for note in kinds.values()]
         elif r["error"] is not None:
             notes.append(f"- {r['variant']}: {r['error']}")
         cells = [r["variant"], " ".join(r["flags"]) or "(demo config)"]
