@@ -67,6 +67,7 @@ def test_offline_hub_id_in_a_real_process(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "not available offline" in proc.stderr and "configs/demo.yaml" in proc.stderr
+    assert "model.guidance.init_args.prior" in proc.stderr  # the config key to set
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "ra3d-cache").exists()  # failed before building anything
 

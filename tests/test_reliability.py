@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -32,8 +34,6 @@ from ra3d.retrieval.importers import import_sh3f
 from ra3d.runlock import RunLock
 from ra3d.system import RA3DSystem
 from tests.toys import ColorField, NoisyTargetGuidance
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def toy_config(tmp: Path, **overrides: object) -> Path:
@@ -346,73 +346,92 @@ def test_resume_keeps_history_config_and_exact_step_labels(
 
 
 # ------------------------------------------------------------------ signals and kill -9
-def start(tmp: Path, argv: list[str], prelude: str = "") -> tuple[subprocess.Popen, Path]:
-    """``ra3d`` in a fresh process (stdout+stderr to a file), as a user or scheduler runs it."""
-    log = tmp / "log.txt"
-    code = f"{prelude}\nimport sys\nfrom ra3d.cli import main\nsys.exit(main({argv!r}))"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=REPO)  # fmt: skip
-    return proc, log
+def _child(argv: list[str], log: str, stall_second_save: bool) -> None:
+    """A ``ra3d`` process: its stdout and stderr go to ``log``. With ``stall_second_save`` the
+    second checkpoint save stops between writing ``last.ckpt.tmp`` and renaming it."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    if stall_second_save:
+        import ra3d.callbacks as callbacks
+
+        fsync = callbacks._fsync_file
+
+        def slow_fsync(path: Path) -> None:
+            fsync(path)
+            if path.with_name("last.ckpt").exists():  # the first save went through
+                print("SAVE WRITTEN, NOT RENAMED", flush=True)
+                time.sleep(600)
+
+        callbacks._fsync_file = slow_fsync
+    sys.exit(main(argv))
 
 
-def wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
+@pytest.fixture(scope="module")
+def stopped_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, Path]]:
+    """Three real ``ra3d fit`` processes: one gets SIGTERM and one SIGINT after step 3 (its
+    validation line), one is killed with SIGKILL while a checkpoint is written but not yet
+    renamed. They are forked from a server that imported torch and Lightning once (three fresh
+    interpreters cost ~3x the import time on a loaded machine). Returns, per case, the exit code,
+    the output and the folder."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["ra3d.cli", "ra3d.system", "tests.toys", "lightning.pytorch"])
+    cases = {
+        "SIGTERM": (signal.SIGTERM, "wrote validation orbit"),
+        "SIGINT": (signal.SIGINT, "wrote validation orbit"),
+        "SIGKILL": (signal.SIGKILL, "SAVE WRITTEN, NOT RENAMED"),
+    }
+    results: dict[str, tuple[int, str, Path]] = {}
+    for name, (signum, trigger) in cases.items():
+        tmp = tmp_path_factory.mktemp(name)
+        config = toy_config(tmp, **{"trainer.max_steps": 100000,
+                                    "trainer.val_check_interval": 3})  # fmt: skip
+        log = tmp / "log.txt"
+        log.write_text("")
+        argv = ["fit", "--config", str(config)]
+        proc = ctx.Process(target=_child, args=(argv, str(log), name == "SIGKILL"))
+        proc.start()
+        deadline = time.monotonic() + 300
+        while trigger not in log.read_text():
+            assert proc.is_alive(), log.read_text()  # nothing may end before its signal
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        os.kill(proc.pid, signum)
+        proc.join(timeout=120)
+        assert proc.exitcode is not None, log.read_text()
+        results[name] = (proc.exitcode, log.read_text(), tmp)
+    return results
 
 
-@pytest.mark.parametrize(("signum", "code", "word"), [(signal.SIGTERM, 143, "SIGTERM"),
-                                                      (signal.SIGINT, 130, "Ctrl-C")])  # fmt: skip
+@pytest.mark.parametrize(("name", "code", "word"), [("SIGTERM", 143, "SIGTERM"),
+                                                    ("SIGINT", 130, "Ctrl-C")])  # fmt: skip
 def test_signal_saves_the_latest_step_and_exits_128_plus_signum(
-    tmp_path: Path, signum: int, code: int, word: str
+    stopped_runs: dict[str, tuple[int, str, Path]], name: str, code: int, word: str
 ) -> None:
-    config = toy_config(tmp_path, **{"trainer.max_steps": 100000,
-                                      "trainer.val_check_interval": 3})  # fmt: skip
-    proc, log = start(tmp_path, ["fit", "--config", str(config)])
-    wait_for(log, "wrote validation orbit", proc)  # step 3 is done: mid-run
-    proc.send_signal(signum)
-    assert proc.wait(timeout=60) == code
-    out = log.read_text()
+    exit_code, out, tmp = stopped_runs[name]
+    assert exit_code == code, out
     assert f"stopped by {word}; saved" in out and "Traceback" not in out
-    ckpt = tmp_path / "out" / "toy" / "version_0" / "checkpoints" / "last.ckpt"
+    ckpt = tmp / "out" / "toy" / "version_0" / "checkpoints" / "last.ckpt"
     record, state, _ = read_checkpoint(ckpt)
     step = int(out.split("saved checkpoint ")[-1].split("(step ")[1].split(")")[0])
-    assert record.global_step == step >= 3
+    assert record.global_step == step >= 3  # the step it stopped at, not a periodic save
     assert all(bool(v.isfinite().all()) for v in state.values())
     assert not (ckpt.parent.parent / "ra3d.lock").exists()
 
 
-KILL_DURING_SAVE = """
-import time
-import ra3d.callbacks as callbacks
-_fsync = callbacks._fsync_file
-def slow_fsync(path):
-    _fsync(path)
-    if path.with_name("last.ckpt").exists():  # the first save went through; stall the second
-        print("SAVE WRITTEN, NOT RENAMED", flush=True)
-        time.sleep(600)
-callbacks._fsync_file = slow_fsync
-"""
-
-
 def test_kill_9_during_a_save_keeps_the_old_checkpoint_and_the_next_run_cleans_up(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    stopped_runs: dict[str, tuple[int, str, Path]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = toy_config(tmp_path, **{"trainer.max_steps": 100000})
-    proc, log = start(tmp_path, ["fit", "--config", str(config)], prelude=KILL_DURING_SAVE)
-    wait_for(log, "SAVE WRITTEN, NOT RENAMED", proc)
-    proc.kill()
-    proc.wait(timeout=30)
-    ckpt_dir = tmp_path / "out" / "toy" / "version_0" / "checkpoints"
+    exit_code, out, tmp = stopped_runs["SIGKILL"]
+    assert exit_code == -signal.SIGKILL, out
+    ckpt_dir = tmp / "out" / "toy" / "version_0" / "checkpoints"
     assert (ckpt_dir / "last.ckpt.tmp").is_file()
     record, _, _ = read_checkpoint(ckpt_dir / "last.ckpt")
     assert record.global_step == 2  # the first periodic save, intact
     assert (ckpt_dir.parent / "ra3d.lock").is_file()  # left by the killed run
 
+    config = tmp / "toy.yaml"
     code, out = run(capsys, "fit", "--config", str(config), "--trainer.max_steps", "4",
                     "--ckpt_path", str(ckpt_dir / "last.ckpt"))  # fmt: skip
     assert code == 0, out
@@ -437,3 +456,93 @@ def test_damaged_sh3f_member_is_one_error_and_leaves_no_folder(tmp_path: Path) -
     with pytest.raises(DatabaseError, match="is damaged.*phone.obj.*download the catalog again"):
         import_sh3f(archive, out)
     assert not out.exists()
+
+
+DB_CASES = {
+    "binary captions CSV": (["db", "import", "folder", "{tmp}/meshes", "--captions",
+                             "{tmp}/binary.csv", "--db", "{tmp}/db"], "is not UTF-8 text"),
+    "binary Cap3D CSV": (["db", "import", "objaverse", "--cap3d", "{tmp}/binary.csv", "--limit",
+                          "1", "--db", "{tmp}/db"], "is not UTF-8 text"),
+    "captions CSV is a directory": (["db", "import", "folder", "{tmp}/meshes", "--captions",
+                                     "{tmp}/meshes", "--db", "{tmp}/db"], "is a directory"),
+    "catalog is a directory": (["db", "import", "sh3f", "{tmp}/meshes", "--db", "{tmp}/db"],
+                               "is a directory"),
+    "no download processes": (["db", "import", "objaverse", "--cap3d", "{tmp}/binary.csv",
+                               "--limit", "1", "--processes", "0", "--db", "{tmp}/db"],
+                              "--processes must be >= 1"),
+    "too many views": (["retrieve", "a bear", "--views", "100000"], "--views must be in [2, 360]"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(DB_CASES))
+def test_database_and_retrieval_bad_inputs(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "meshes").mkdir()
+    (tmp_path / "binary.csv").write_bytes(bytes(range(128, 256)) * 8)
+    argv, expected = DB_CASES[case]
+    code, out = run(capsys, *(a.format(tmp=tmp_path) for a in argv))
+    assert code == 2, out
+    assert expected in out and "Traceback" not in out
+    assert not (tmp_path / "db").exists()  # no empty database folder left behind
+
+
+# ------------------------------------------------------------------ retrieval and prior messages
+def test_retrieve_refuses_an_empty_query_and_says_when_k_exceeds_the_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_retrieval import make_db
+
+    code, out = run(capsys, "retrieve", "  ")
+    assert code == 2 and "the prompt is empty" in out and "Traceback" not in out
+
+    monkeypatch.setenv("RA3D_CACHE_DIR", str(tmp_path / "cache"))
+    db = tmp_path / "db"
+    make_db(db, [("bear", "a teddy bear", 0.0, "red", "blue"),
+                 ("chair", "a wooden chair", 0.0, "red", "blue")])  # fmt: skip
+    code = main(["retrieve", "a teddy bear", "-k", "100000", "--db", str(db),
+                 "--embedder", "minilm", "--no-rerank", "--no-align", "--json"])  # fmt: skip
+    assert code == 0
+    captured = capsys.readouterr()
+    assert [r["uid"] for r in json.loads(captured.out)] == ["bear", "chair"]
+    assert "-k 100000 asked for more assets than the database holds: it has 2" in captured.err
+
+
+def test_prompt_over_the_text_encoder_limit_is_announced(
+    tiny_prior_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ra3d.guidance.prior import DiffusionPrior
+
+    prior = DiffusionPrior(str(tiny_prior_path), device="cpu")
+    limit = prior.tokenizer.model_max_length
+    long_prompt = " ".join(["teddy"] * 100)
+    n_tokens = len(prior.tokenizer(long_prompt, truncation=False).input_ids)  # the full encoding
+    assert n_tokens > limit
+    log = logging.getLogger("ra3d.guidance.prior")  # the CLI may have stopped propagation
+    log.addHandler(caplog.handler)
+    try:
+        prior.encode_text(["a teddy bear"])
+        assert "tokens long" not in caplog.text  # a short prompt passes silently
+        prior.encode_text([long_prompt])
+    finally:
+        log.removeHandler(caplog.handler)
+    assert f"is {n_tokens} tokens long but the text encoder reads only the first {limit}" in (
+        caplog.text
+    )
+
+
+# ------------------------------------------------------------------ progress bar
+def test_progress_bar_counts_steps_and_shows_loss_and_seconds_per_step(tmp_path: Path) -> None:
+    from ra3d.progress import StepProgressBar
+
+    bar = StepProgressBar()
+    trainer = pl.Trainer(max_steps=5, accelerator="cpu", default_root_dir=tmp_path,
+                         enable_model_summary=False, enable_checkpointing=False,
+                         limit_val_batches=0, callbacks=[bar])  # fmt: skip
+    trainer.fit(make_system({"guidance": 1.0}), RandomCameraDataModule(height=4, width=4))
+    tqdm_bar = bar.train_progress_bar
+    assert (tqdm_bar.n, tqdm_bar.total) == (5, 5)  # "step 5/5", not "Epoch 0: 5/-2"
+    assert tqdm_bar.desc.startswith("step")
+    shown = bar.get_metrics(trainer, trainer.lightning_module)
+    assert "v_num" not in shown and "loss" in shown and float(shown["s/step"]) > 0
+    assert shown["loss"] == pytest.approx(float(trainer.callback_metrics["train/loss"]))

@@ -115,10 +115,17 @@ def _import(args: argparse.Namespace) -> int:
         uids = None
         if args.uids is not None:
             if not args.uids.is_file():
-                raise _UsageError(f"uid list {args.uids} does not exist")
-            uids = [ln.strip() for ln in args.uids.read_text().splitlines() if ln.strip()]
+                what = "is a directory" if args.uids.is_dir() else "does not exist"
+                raise _UsageError(f"uid list {args.uids} {what}; pass a text file of uids")
+            try:
+                text = args.uids.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise _UsageError(f"uid list {args.uids} is not UTF-8 text") from None
+            uids = [ln.strip() for ln in text.splitlines() if ln.strip()]
         if args.limit is not None and args.limit <= 0:
             raise _UsageError("--limit must be a positive number of objects")
+        if args.processes < 1:
+            raise _UsageError(f"--processes must be >= 1, got {args.processes}")
         result = importers.import_objaverse(
             args.db,
             cap3d_csv=args.cap3d,

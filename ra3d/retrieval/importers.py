@@ -231,10 +231,20 @@ def _read_captions_csv(path: Path) -> list[_CaptionRow]:
     """Rows of a captions CSV: with a header (``path``/``uid`` + ``caption`` columns, optional
     ``uid, license, attribution, source, category, tags, title, url``) or without one
     (``path_or_uid,caption``, the Cap3D layout)."""
+    if path.is_dir():
+        raise DatabaseError(f"captions CSV {path} is a directory; pass the .csv file")
     if not path.is_file():
         raise DatabaseNotFoundError(f"captions CSV {path} does not exist")
-    text = path.read_text(encoding="utf-8-sig")
-    rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+    except UnicodeDecodeError as err:
+        raise DatabaseError(
+            f"captions CSV {path} is not UTF-8 text (byte {err.start}: {err.reason}); pass a "
+            "CSV of 'path,caption' rows saved as UTF-8"
+        ) from None
+    except csv.Error as err:
+        raise DatabaseError(f"captions CSV {path} is not a valid CSV file ({err})") from None
     if not rows:
         raise DatabaseError(f"captions CSV {path} is empty; expected rows 'path,caption'")
     header = [c.strip().lower() for c in rows[0]]
@@ -594,6 +604,8 @@ def _read_sh3f_catalog(path: str | Path) -> Sh3fCatalog:
     property, a Blend Swap licence file in its model folder, then the catalog's ``license``.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise DatabaseError(f"Sweet Home 3D catalog {path} is a directory; pass the .sh3f file")
     if not path.is_file():
         raise DatabaseNotFoundError(f"Sweet Home 3D catalog {path} does not exist")
     try:

@@ -23,6 +23,9 @@ from ra3d.retrieval.base import RetrievedAsset
 
 logger = logging.getLogger("ra3d.retrieval.retrieve_cli")
 
+MAX_VIEWS = 360  # azimuths per asset for rerank/alignment: one per degree is already plenty
+MAX_PREVIEW_SIZE = 4096  # pixels per preview tile
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -150,10 +153,10 @@ def main_retrieve(argv: list[str]) -> int:
         parser.error(f"-k must be >= 1, got {args.k}")
     if args.candidates < 1:
         parser.error(f"--candidates must be >= 1, got {args.candidates}")
-    if args.views < 2:
-        parser.error(f"--views must be >= 2, got {args.views}")
-    if args.preview_size < 16:
-        parser.error(f"--preview-size must be >= 16, got {args.preview_size}")
+    if not 2 <= args.views <= MAX_VIEWS:
+        parser.error(f"--views must be in [2, {MAX_VIEWS}], got {args.views}")
+    if not 16 <= args.preview_size <= MAX_PREVIEW_SIZE:
+        parser.error(f"--preview-size must be in [16, {MAX_PREVIEW_SIZE}], got {args.preview_size}")
     if not logging.getLogger("ra3d").handlers and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[ra3d] %(message)s", stream=sys.stderr)
 
