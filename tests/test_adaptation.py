@@ -298,6 +298,17 @@ def test_sds_with_omega(tiny_prior_path: Path, tmp_path: Path) -> None:
     assert not any(p.requires_grad for p in g.prior.adapters.parameters(VIEW_ADAPTER))
     with pytest.raises(ConfigError, match="view adapter not found"):
         g.set_view_adapter(tmp_path / "missing.safetensors")
+    # another ω of another rank replaces the first; a file that is no adapter is refused whole
+    p8 = DiffusionPrior(str(tiny_prior_path), device="cpu")
+    p8.adapters.add(VIEW_ADAPTER, lora_config(8), trainable=False)
+    g.set_view_adapter(p8.adapters.save(tmp_path / "r8.safetensors", VIEW_ADAPTER))
+    assert g.prior.adapters.config(VIEW_ADAPTER).r == 8 and g.prior_adapters == [VIEW_ADAPTER]
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "junk.safetensors"))
+    with pytest.raises(ConfigError, match="cannot use .*junk.safetensors as the view adapter"):
+        g.set_view_adapter(tmp_path / "junk.safetensors")
+    assert VIEW_ADAPTER not in g.prior.adapters.names and g.prior_adapters == []
 
 
 # ------------------------------------------------------------------------------ cache

@@ -186,6 +186,7 @@ class AdaptationResult:
     seconds: float
     captions: list[str] = field(default_factory=list)
     reused: bool = False
+    render_seconds: float = 0.0  # of ``seconds``: rendering and VAE-encoding the views
 
     @property
     def sidecar_path(self) -> Path:
@@ -389,6 +390,7 @@ def adapt_prior(
         )
     t0 = time.perf_counter()
     data = _prepare(prior, assets, settings)
+    render_seconds = time.perf_counter() - t0
     n_assets, n_train = len(assets), len(data.train)
     logger.info(
         "adapting the prior (Eq. 12): %d asset(s) x %d views at %d px (%d held out), %d steps",
@@ -441,7 +443,9 @@ def adapt_prior(
     finally:
         manager.remove(VIEW_ADAPTER)
     seconds = time.perf_counter() - t0
-    result = AdaptationResult(out_path, losses, before, after, seconds, data.captions)
+    result = AdaptationResult(
+        out_path, losses, before, after, seconds, data.captions, render_seconds=render_seconds
+    )
     _write_json_atomic(
         sidecar_path(out_path),
         {
@@ -465,6 +469,7 @@ def adapt_prior(
             "heldout_loss_after": after,
             "losses": losses,
             "seconds": seconds,
+            "render_seconds": render_seconds,
         },
     )
     logger.info(
@@ -490,6 +495,7 @@ def load_result(adapter_path: str | Path) -> AdaptationResult:
         seconds=float(meta["seconds"]),
         captions=list(meta["captions"]),
         reused=True,
+        render_seconds=float(meta.get("render_seconds", 0.0)),
     )
 
 

@@ -342,24 +342,26 @@ class SDSGuidance(Guidance):
         :func:`ra3d.guidance.adaptation.adapt_prior`. ω is loaded as adapter ``"view"`` on the
         prior's shared UNet and is *frozen*: ``requires_grad=False`` and in no optimizer group,
         so the fit never changes it. ``None`` removes ω from the UNet (the prior term is the base
-        model again). Loading a second file replaces ω's weights in place.
+        model again). Loading another file replaces ω (whatever its rank).
         """
         manager = self.prior.adapters
-        if path is None:
-            if VIEW_ADAPTER in manager.names:
-                manager.remove(VIEW_ADAPTER)
-            self.prior_adapters = []
-            self.view_adapter_path = None
-            return
-        path = Path(path)
-        if not path.is_file():
+        if path is not None and not Path(path).is_file():
             raise ConfigError(
                 f"view adapter not found: {path}. Create one with `ra3d adapt --prompt ...` "
                 "(or `--assets mesh.glb`), or leave view_adapter_path unset"
             )
+        if VIEW_ADAPTER in manager.names:
+            manager.remove(VIEW_ADAPTER)
+        self.prior_adapters = []
+        self.view_adapter_path = None
+        if path is None:
+            return
+        path = Path(path)
         try:
             manager.load(path, VIEW_ADAPTER, trainable=False)
         except ValueError as err:
+            if VIEW_ADAPTER in manager.names:  # created from the metadata, then did not fit
+                manager.remove(VIEW_ADAPTER)
             raise ConfigError(
                 f"cannot use {path} as the view adapter: {err}. Re-run `ra3d adapt` with this prior"
             ) from err
