@@ -45,13 +45,17 @@ exit codes: 0 done, 2 bad input, 3 training diverged, 4 run folder in use,
 
 
 def _rewrite_shortcuts(argv: list[str]) -> list[str]:
-    """``--prompt X`` → ``--model.prompt X`` (also ``--prompt=X``)."""
+    """``--prompt X`` → ``--model.prompt X``, ``--init_from P`` → ``--model.init_from P`` (also ``=``)."""
     out = []
     for arg in argv:
         if arg == "--prompt":
             out.append("--model.prompt")
         elif arg.startswith("--prompt="):
             out.append("--model.prompt=" + arg.split("=", 1)[1])
+        elif arg == "--init_from":
+            out.append("--model.init_from")
+        elif arg.startswith("--init_from="):
+            out.append("--model.init_from=" + arg.split("=", 1)[1])
         else:
             out.append(arg)
     return out
@@ -299,7 +303,7 @@ def _interrupted_message(err: Interrupted) -> str:
         if path.is_file():
             return f"stopped by {how}; the last saved checkpoint is {path}"
     if saved is None:
-        return f"stopped by {how} (no checkpoint was written)"
+        return f"stopped by {how}"
     return f"stopped by {how}; saved {saved}. Resume with: ra3d fit --config <run>/config.yaml --ckpt_path {saved}"
 
 

@@ -235,6 +235,9 @@ def bad_inputs(tmp: Path, good_run: Path) -> dict[str, tuple[list[str], str]]:
         "empty prompt": (["fit", "--config", cfg, "--prompt", " "], "prompt is empty"),
         "huge render": (["fit", "--config", cfg, "--data.height", "100000"],
                         "above the limit of 16384 px"),
+        "not enough memory": (["fit", "--config", cfg, "--data.height", "16000", "--data.width",
+                               "16000", "--data.batch_size", "64"],
+                              "one training step needs at least"),
         "hash table too large": (["fit", "--config", cfg, "--config", str(tmp / "hash.yaml")],
                                  "log2_hashmap_size must be in [1, 30], got 40"),
         "empty checkpoint": (["fit", "--config", cfg, "--ckpt_path", str(tmp / "empty.ckpt")],
@@ -264,7 +267,7 @@ def bad_inputs(tmp: Path, good_run: Path) -> dict[str, tuple[list[str], str]]:
 
 CASES = [
     "binary config", "config is a directory", "negative max_steps", "zero particles",
-    "empty prompt", "huge render", "hash table too large", "empty checkpoint",
+    "empty prompt", "huge render", "not enough memory", "hash table too large", "empty checkpoint",
     "random checkpoint", "truncated checkpoint", "checkpoint is a directory",
     "test without checkpoint", "validate with last", "resume with another prompt",
     "output folder is a file", "output on a read-only file system",
