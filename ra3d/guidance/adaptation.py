@@ -410,7 +410,15 @@ def adapt_prior(
     with manager.use([]):
         if len(data.heldout):
             before = _heldout_loss(prior, data, draws)
-    params = manager.add(VIEW_ADAPTER, lora_config(settings.rank, settings.alpha), trainable=True)
+    # peft draws LoRA's A from the global RNG: seed it from the settings (ω is then a function
+    # of the settings alone) inside a fork, so the caller's RNG stream is left as it was.
+    cuda = [prior.device.index or 0] if prior.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(settings.seed)
+        params = manager.add(
+            VIEW_ADAPTER, lora_config(settings.rank, settings.alpha), trainable=True
+        )
+
     try:
         optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
         losses: list[float] = []
