@@ -29,16 +29,12 @@ import torch
 from ra3d import __version__
 from ra3d.errors import ConfigError, Ra3dError
 from ra3d.export_bake import UVMesh, bake_albedo, decimate, seam_padding, unwrap
+from ra3d.export_cli import DEFAULT_MAX_FACES, FORMATS
 from ra3d.export_view import attribution_text, render_turntable, write_attribution, write_viewer
 from ra3d.export_write import METRES_PER_UNIT, world_to_file, write_glb, write_obj
 from ra3d.representations.base import Representation
 
 logger = logging.getLogger("ra3d.export")
-
-FORMATS: tuple[str, ...] = ("glb", "obj")
-#: Default face budget before unwrapping: a grid-256 surface (~500k faces) decimates to this and
-#: unwraps + bakes at 1024^2 in well under a minute on 2 CPU cores (see BENCHMARKS.md).
-DEFAULT_MAX_FACES = 50_000
 
 
 @dataclass

@@ -9,6 +9,12 @@ import argparse
 
 from ra3d.errors import ConfigError
 
+# Defined here, not in ra3d.export, so that `ra3d export --help` does not import torch.
+FORMATS: tuple[str, ...] = ("glb", "obj")
+#: Default face budget before unwrapping: a grid-256 surface (~230k-500k faces) decimates to
+#: this and unwraps + bakes at 1024^2 in seconds on 2 CPU cores (bench/export.py).
+DEFAULT_MAX_FACES = 50_000
+
 DESCRIPTION = """Export the particles of a ra3d checkpoint (coarse NeRF or fine stage) as textured
 meshes: particle<i>.glb (glTF 2.0, Y-up, 1 unit = 1 m, PBR baseColorTexture), particle<i>.obj +
 .mtl + _albedo.png, a turntable GIF of the exported mesh, index.html (interactive viewer) and
@@ -16,8 +22,6 @@ ATTRIBUTION.md (prompt, ra3d version, retrieved assets and their licences)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ra3d.export import DEFAULT_MAX_FACES, FORMATS
-
     parser = argparse.ArgumentParser(prog="ra3d export", description=DESCRIPTION)
     parser.add_argument(
         "checkpoint", help="a .ckpt file or a run folder (outputs/<name>/version_N)"
