@@ -440,3 +440,27 @@ def test_nvdiffrast_and_torch_render_the_same_dmtet() -> None:
     torch.testing.assert_close(a.normal[both], b.normal[both], atol=1e-3, rtol=0)
     iou = silhouette_iou(a.opacity, b.opacity)
     assert float(iou.min()) > 0.99
+
+
+def test_state_dict_round_trip_and_empty_surface() -> None:
+    """A converted DMTet's checkpoint (SDF, deformation, tightened box, texture, background)
+    rebuilds an identical DMTet from plain constructor arguments; an all-outside SDF renders the
+    background only and refuses to export."""
+    source = DMTet.from_nerf(BallNeRF(0.4), grid_resolution=10, encoding=FourierEncoding(),
+                             hidden_dim=8, backend="torch").eval()  # fmt: skip
+    with torch.no_grad():
+        source.deformation.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
+    target = DMTet(grid_resolution=10, encoding=FourierEncoding(seed=1), hidden_dim=8,
+                   backend="torch").eval()  # fmt: skip
+    assert not torch.equal(target.bbox, source.bbox)
+    target.load_state_dict(source.state_dict())
+    cams = cameras([10.0], [30.0], size=16)
+    a, b = source.render(cams), target.render(cams)
+    for name in ("rgb", "opacity", "depth", "normal"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    empty = tiny_dmtet(6).eval()
+    out = empty.render(cams)
+    assert float(out.opacity.abs().sum()) == 0.0
+    torch.testing.assert_close(out.rgb, out.extras["background"])
+    with pytest.raises(ValueError, match="surface is empty"):
+        empty.extract_mesh()

@@ -46,7 +46,10 @@ def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
 def unique_edges(faces: Tensor) -> Tensor:
     """``[E, 2]`` unique undirected edges (sorted endpoint pairs)."""
     edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], dim=0)
-    return torch.unique(torch.sort(edges, dim=1).values, dim=0)
+    lo, hi = edges.min(dim=1).values, edges.max(dim=1).values
+    n = int(hi.max()) + 1 if hi.numel() else 1
+    keys = torch.unique(lo * n + hi)  # 1-D unique: much faster than unique(dim=0)
+    return torch.stack([torch.div(keys, n, rounding_mode="floor"), keys % n], dim=1)
 
 
 def normal_consistency(vertices: Tensor, faces: Tensor) -> Tensor:

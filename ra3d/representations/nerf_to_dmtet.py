@@ -84,7 +84,8 @@ def pick_threshold(density: Tensor, in_sphere: Tensor, threshold: float | str) -
     if AUTO_MIN_FRACTION <= fraction <= AUTO_MAX_FRACTION:
         return DEFAULT_THRESHOLD
     target = AUTO_MIN_FRACTION if fraction < AUTO_MIN_FRACTION else AUTO_MAX_FRACTION
-    level = float(torch.quantile(values, 1.0 - target))
+    ordered = values.sort().values  # (torch.quantile refuses more than 2^24 values)
+    level = float(ordered[round((1.0 - target) * (ordered.numel() - 1))])
     logger.info(
         "threshold 'auto': %.4g of the sphere is above 25; using level %.4g", fraction, level
     )
