@@ -11,8 +11,10 @@ silhouettes, normals and colours.
   mapped into ``bbox`` (``[2, 3]``, a checkpointed buffer; :meth:`from_nerf` tightens it around the
   coarse object). Vertices on the grid's faces are kept outside so the surface is closed.
 * **Deformation.** ``p_v = x_v + tanh(Δ_v) · deformation_scale · cell`` with ``cell`` the grid's
-  cube size per axis (threestudio: ``tanh · range / resolution``); bounded so tetrahedra cannot
-  fold over for ``deformation_scale <= 0.5``.
+  cube size per axis (threestudio: ``tanh · range / resolution``, about half its vertex spacing,
+  hence the default 0.5). No tetrahedron can invert below 0.25 (a Kuhn tetrahedron's smallest
+  altitude is ``cell / √2``); above it folds are possible but the extracted mesh stays closed and
+  manifold combinatorially (the triangle table does not depend on the geometry).
 * **Surface.** :func:`ra3d.representations.marching_tets.marching_tets` on the tetrahedra of the
   cubes the surface crosses; vertices are differentiable in ``s`` and ``Δ``.
 * **Colour.** The shared :class:`~ra3d.representations.material.TextureField` evaluated at the
@@ -215,6 +217,10 @@ class DMTet(Representation):
     def texture_parameters(self) -> list[nn.Parameter]:
         """The texture field's and the background's parameters (texture phase)."""
         return [*self.texture.parameters(), *self.background.parameters()]
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._frozen_surface = None  # new SDF / deformation: extract again
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn: Any, recurse: bool = True) -> DMTet:
         self._frozen_surface = None  # device/dtype moves invalidate the cached surface
