@@ -103,6 +103,7 @@ def _device_of(rep: Representation) -> torch.device:
 
 def surface_uv_mesh(rep: Representation, options: ExportOptions, name: str) -> UVMesh:
     """The representation's surface, decimated and unwrapped (ra3d world frame)."""
+    t0 = time.perf_counter()
     try:
         surface = rep.extract_mesh(options.resolution, options.threshold)
     except NotImplementedError as err:
@@ -119,6 +120,10 @@ def surface_uv_mesh(rep: Representation, options: ExportOptions, name: str) -> U
             f"{name}: the extracted surface is empty at threshold {options.threshold}; lower "
             "--threshold or export a longer-trained checkpoint"
         )
+    logger.info(
+        "%s: surface extracted (grid %d, threshold %s) in %.1fs",
+        name, options.resolution, options.threshold, time.perf_counter() - t0,
+    )  # fmt: skip
     before = len(faces)
     t0 = time.perf_counter()
     vertices, faces = decimate(vertices, faces, options.max_faces)
@@ -188,6 +193,7 @@ def export_representation(
     logger.info("%s: files written in %.1fs", name, time.perf_counter() - t0)
     if options.turntable:
         source = glb if glb is not None else out_dir / f"{name}.obj"
+        t0 = time.perf_counter()
         written.append(
             render_turntable(
                 source,
@@ -196,6 +202,7 @@ def export_representation(
                 size=options.turntable_size,
             )
         )
+        logger.info("%s: turntable rendered in %.1fs", name, time.perf_counter() - t0)
     return written
 
 
