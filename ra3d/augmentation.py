@@ -140,6 +140,10 @@ class RetrievalAugmentation(nn.Module):
                                                  for i, n in enumerate(self.assignment)))  # fmt: skip
         if self.adaptation is not None and self.adaptation.enabled:
             self._adapt(guidance, run_dir, recorded_adapter)
+        elif recorded_adapter:
+            # Not used in this run (e.g. normal-map guidance), but kept in the record so that a
+            # later stage inherits ω without training it again.
+            self.adapter = dict(recorded_adapter)
         if run_dir is not None:
             write_retrieval_outputs(run_dir, self.assets, self.assignment, list(self.meshes),
                                     self.config.preview_size)  # fmt: skip
@@ -166,21 +170,24 @@ class RetrievalAugmentation(nn.Module):
                 cached_adapt,
             )
 
-            cfg = self.adaptation
-            settings_kwargs = {
-                k: v for k, v in asdict(cfg).items() if k != "enabled" and v is not None
+            overrides = {
+                k: v for k, v in asdict(self.adaptation).items() if k != "enabled" and v is not None
             }
-            front, back, overhead = getattr(guidance, "view_thresholds", (45.0, 45.0, 60.0))
-            settings = AdaptationSettings(
-                **settings_kwargs, front_threshold=front, back_threshold=back,
-                overhead_threshold=overhead,
-            )  # fmt: skip
+            # The view words of e(c_ret, ψ) follow the guidance's own rule (Eq. 12 vs Eq. 2).
+            settings = AdaptationSettings.for_guidance(guidance, **overrides)
             pairs = [
                 (mesh, asset.caption or self.query)
                 for mesh, asset in zip(self.meshes, self.assets, strict=True)
             ]
-            prints = [asset_fingerprint(a.mesh_path, a.front_azimuth_deg, self.config.asset_radius)
-                      for a in self.assets]  # fmt: skip
+            prints = [
+                asset_fingerprint(
+                    a.mesh_path,
+                    a.front_azimuth_deg,
+                    self.config.asset_radius,
+                    up_axis=str((a.extras or {}).get("up_axis", "auto")),
+                )
+                for a in self.assets
+            ]
             result = cached_adapt(prior, pairs, prints, settings)
             path = Path(result.path)
             self.adapter = {"path": str(path), "key": path.stem}
@@ -189,9 +196,10 @@ class RetrievalAugmentation(nn.Module):
             if copy.resolve() != path.resolve():
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, copy)
-                sidecar = path.with_suffix(".json")
-                if sidecar.is_file():
-                    shutil.copyfile(sidecar, copy.with_suffix(".json"))
+                from ra3d.guidance.adaptation import sidecar_path
+
+                if sidecar_path(path).is_file():
+                    shutil.copyfile(sidecar_path(path), sidecar_path(copy))
             self.adapter = {**(self.adapter or {}), "path": str(copy.resolve())}
             path = copy
         set_adapter(path)

@@ -32,7 +32,8 @@ def _as_list(value: Any) -> list[Any]:
 
 def check_model(cfg: dict[str, Any]) -> None:
     prompt = _get(cfg, "model.prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
+    inherits = _get(cfg, "model.init_from") is not None  # a later stage takes the earlier prompt
+    if not inherits and (not isinstance(prompt, str) or not prompt.strip()):
         raise ConfigError(
             'the prompt is empty: pass one with --prompt "a teddy bear" '
             "(or set model.prompt in the config)"

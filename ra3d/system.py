@@ -37,6 +37,7 @@ from ra3d.metrics import foreground_psnr, silhouette_iou
 from ra3d.representations.base import RenderOutput, Representation
 from ra3d.retrieval.fit import RetrievalConfig
 from ra3d.schedule import Scheduled, check_scheduled, scheduled_value
+from ra3d.stages import GUIDE_ON, guidance_image, inherit, load_matching
 from ra3d.visuals import side_by_side, tile_grid, to_uint8, write_gif_atomic, write_image_atomic
 
 log = logging.getLogger("ra3d.system")
@@ -84,11 +85,23 @@ class RA3DSystem(pl.LightningModule):
         asset_sigma: σ of Eq. 10 (constant or schedule); the asset loss scales with λ/σ².
         delta_distillation: pass the assigned assets' renders to the guidance as the Eq. 13
             reference (applied on the guidance's ``delta_every`` steps).
+        init_from: checkpoint (or run folder) of an earlier stage to start from: the fine DMTet
+            stage from the coarse NeRF, the texture phase from the geometry phase. The prompt,
+            retrieved assets, π, ω and (VSD to VSD) ζ are inherited; see :mod:`ra3d.stages`.
+        init_options: arguments of the conversion from the earlier stage (NeRF → DMTet:
+            ``threshold`` (25, threestudio's, or ``"auto"``), ``margin``, ``remove_floaters``,
+            ``copy_texture``; see :func:`ra3d.representations.nerf_to_dmtet.dmtet_from_nerf`).
+        guide_on: what the guidance scores: ``rgb`` or ``normal`` maps (geometry refinement).
+        freeze_geometry: keep the particles' geometry fixed (the DMTet texture phase).
+        stage: a name recorded in checkpoints (``coarse``, ``geometry``, ``texture``).
+        export_at_end: export the particles as textured meshes into ``<run>/export`` when
+            training ends; the dict holds ``ra3d export`` options (``formats``,
+            ``texture_size``, ``max_faces``, ...). None: no export.
     """
 
     def __init__(
         self,
-        prompt: str,
+        prompt: str | None,
         representation: Callable[[], Representation],
         guidance: Guidance,
         n_particles: int = 1,
@@ -104,16 +117,27 @@ class RA3DSystem(pl.LightningModule):
         asset_terms: dict[str, float] | None = None,
         asset_sigma: Scheduled = 1.0,
         delta_distillation: bool = True,
+        init_from: str | None = None,
+        init_options: dict[str, Any] | None = None,
+        guide_on: str = "rgb",
+        freeze_geometry: bool = False,
+        stage: str = "coarse",
+        export_at_end: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(prompt, str) or not prompt.strip():
+        if init_from is None and (not isinstance(prompt, str) or not prompt.strip()):
             raise ConfigError(
                 'the prompt is empty: pass one with --prompt "a teddy bear" '
                 "(or set model.prompt in the config)"
             )
         if n_particles < 1:
             raise ConfigError(f"n_particles must be >= 1, got {n_particles}")
-        self.prompt = prompt.strip()
+        if guide_on not in GUIDE_ON:
+            raise ConfigError(f"guide_on must be one of {GUIDE_ON}, got {guide_on!r}")
+        self.prompt = prompt.strip() if isinstance(prompt, str) else ""
+        self.guide_on = guide_on
+        self.stage = str(stage)
+        self.export_at_end = None if export_at_end is None else dict(export_at_end)
         self.loss_weights = dict(DEFAULT_LOSS_WEIGHTS if loss_weights is None else loss_weights)
         for name, value in self.loss_weights.items():
             check_scheduled(value, f"loss_weights.{name}")
@@ -147,6 +171,18 @@ class RA3DSystem(pl.LightningModule):
                     "ra3d.representations.base.Representation"
                 )
         self.guidance = guidance
+        self._inherited_record: RunRecord | None = None
+        if init_from is not None:
+            self._inherit(init_from, prompt, init_options)
+        if freeze_geometry:
+            for i, particle in enumerate(self.particles):
+                freeze = getattr(particle, "freeze_geometry", None)
+                if freeze is None:
+                    raise ConfigError(
+                        f"freeze_geometry: particle {i} ({type(particle).__name__}) cannot freeze "
+                        "its geometry; it is for the DMTet texture phase"
+                    )
+                freeze(True)
         self._check_loss_weight_keys()
         self.asset_term = AssetTerm(asset_terms, asset_sigma)
         self.delta_distillation = bool(delta_distillation)
@@ -164,6 +200,26 @@ class RA3DSystem(pl.LightningModule):
         self._val_rows: list[list[np.ndarray]] = []
         self._restored_record: RunRecord | None = None  # set by on_load_checkpoint
         self.strict_loading = False  # frozen prior weights are not stored; see on_load_checkpoint
+
+    def _inherit(self, init_from: str, prompt: str | None, options: dict[str, Any] | None) -> None:
+        """Take over the earlier stage of ``init_from`` (see :mod:`ra3d.stages`)."""
+        spec = self.representation_spec
+        if spec is None:
+            raise ConfigError(
+                "init_from needs model.representation given as class_path/init_args in the config"
+            )
+        cls = type(self.particles[0])
+        inherited = inherit(
+            init_from, self.n_particles, prompt, cls, spec.get("init_args", {}), options
+        )
+        self.particles = nn.ModuleList(inherited.particles)
+        self.prompt = inherited.record.prompt
+        self._inherited_record = inherited.record
+        n_zeta = load_matching(self.guidance, inherited.guidance_state)
+        log.info(
+            "initialised from %s (prompt %r); %d guidance tensor(s) taken over (ζ when both "
+            "stages use VSD)", inherited.path, self.prompt, n_zeta,
+        )  # fmt: skip
 
     def _check_loss_weight_keys(self) -> None:
         known = set(SYSTEM_LOSS_KEYS) | set(getattr(self.guidance, "loss_term_names", ()))
@@ -206,6 +262,9 @@ class RA3DSystem(pl.LightningModule):
                     "the checkpoint was trained without retrieved assets but this config "
                     "retrieves; resume with the run's own config.yaml"
                 )
+        elif self._inherited_record is not None and self._inherited_record.retrieval:
+            recorded = self._inherited_record.retrieval
+            adapter = self._inherited_record.adapter
         self.augmentation.prepare(
             self.prompt, list(self.particles), self.asset_term, self.guidance,
             self.run_dir if fitting else None, recorded, adapter,
@@ -235,7 +294,7 @@ class RA3DSystem(pl.LightningModule):
         self.guidance.update_step(self.current_epoch, self.global_step, max_steps)
 
         outputs = [particle.render(cameras) for particle in self.particles]
-        rgb = torch.cat([out.rgb for out in outputs])  # [P*B, H, W, 3]
+        rgb = torch.cat([guidance_image(out, self.guide_on) for out in outputs])  # [P*B, H, W, 3]
         all_cameras = Cameras.cat([cameras] * self.n_particles)
         logs: dict[str, float] = {}
 
@@ -246,7 +305,12 @@ class RA3DSystem(pl.LightningModule):
         reference = None
         if use_delta:
             reference = torch.cat(
-                [aug.reference_rgb(a, o) for a, o in zip(asset_outs, outputs, strict=True)]
+                [
+                    aug.reference_rgb(a, o)
+                    if self.guide_on == "rgb"
+                    else guidance_image(a, self.guide_on).detach()
+                    for a, o in zip(asset_outs, outputs, strict=True)
+                ]
             )  # [P*B, H, W, 3], the assigned asset of each particle at the same cameras
         guidance_out = self.guidance(rgb, all_cameras, self.prompt, reference_rgb=reference)
 
@@ -311,6 +375,24 @@ class RA3DSystem(pl.LightningModule):
         return torch.optim.AdamW(
             param_groups, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay
         )
+
+    def on_train_end(self) -> None:
+        if self.export_at_end is None or self.trainer.global_step == 0:
+            return
+        from ra3d.checkpoint import LoadedRun
+        from ra3d.export import describe_written, export_run
+
+        was_training = self.training
+        self.eval()
+        run = LoadedRun(
+            checkpoint_path=self.run_dir / "checkpoints" / "last.ckpt",
+            record=self.run_record(),
+            particles=list(self.particles),
+        )
+        with torch.no_grad():
+            written = export_run(run, self.run_dir / "export", **self.export_at_end)
+        self.train(was_training)
+        log.info("exported: %s", describe_written(written))
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -382,6 +464,7 @@ class RA3DSystem(pl.LightningModule):
             prompt=self.prompt,
             n_particles=self.n_particles,
             representation=self.representation_spec,
+            stage=self.stage,
             retrieval=aug.record() if aug is not None else None,
             adapter=aug.adapter if aug is not None else None,
             global_step=int(self.global_step),

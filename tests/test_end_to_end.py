@@ -1,4 +1,6 @@
-"""The real pipeline (Instant-NGP NeRF + tiny Stable Diffusion + SDS) through the ``ra3d`` CLI."""
+"""The real pipeline through the ``ra3d`` CLI: retrieval from the starter library, adaptation of
+the tiny Stable Diffusion (Eq. 12), Instant-NGP NeRF particles distilled with VSD and guided by
+their assets (Eq. 10-11, 13)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ SMALL = [
     "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
     "--model.representation.init_args.n_samples_per_ray", "16",
     "--model.representation.init_args.occupancy_update_every", "2",
+    "--model.retrieval.preview_size", "16", "--model.adaptation.n_views", "10",
+    "--model.adaptation.steps", "3", "--model.adaptation.batch_size", "2",
 ]  # fmt: skip
 
 
@@ -42,8 +46,14 @@ def test_fit_writes_images_and_checkpoint_and_resumes_exactly(tmp_path: Path) ->
     straight = fit(tmp_path / "straight", 6)
     assert (straight / "val" / "step000003.png").is_file()
     assert (straight / "val" / "step000006.gif").is_file()
-    # columns: 2 orbit views; rows: the demo config's 2 particles
-    assert Image.open(straight / "val" / "step000006.png").size == (2 * 16, 2 * 16)
+    # columns: 2 orbit views; rows: the demo config's 2 particles, each followed by its asset
+    assert Image.open(straight / "val" / "step000006.png").size == (2 * 16, 4 * 16)
+    assert (straight / "retrieved.json").is_file()
+    assert (straight / "adapter" / "view_adapter.safetensors").is_file()
+    header, *rows = (straight / "metrics.csv").read_text().splitlines()
+    columns = header.split(",")
+    ious = [r.split(",")[columns.index("val/asset_iou")] for r in rows]
+    assert any(v for v in ious)  # logged at every validation
     state_straight = nerf_state(straight / "checkpoints" / "last.ckpt")
     assert any("occupancy" in k for k in state_straight)  # the grid is part of the state
 
