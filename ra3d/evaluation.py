@@ -403,6 +403,10 @@ def evaluate_run(
     results = []
     for i, particle in enumerate(run.particles):
         particle.eval()
+        logger.info(
+            "rendering particle %d/%d of %s: %d views at %d px",
+            i + 1, len(run.particles), run_label(run), len(cameras), settings.size,
+        )  # fmt: skip
         outputs = _render_views(particle, cameras, int(settings.batch_size))
         result = ParticleEvaluation(index=i, azimuths_deg=cameras.azimuth.detach().double().cpu())
         if embedder is not None:

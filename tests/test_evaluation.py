@@ -216,14 +216,30 @@ def test_cli_with_open_clip_matches_open_clip_encoders(
     import open_clip
 
     name, weights, folder = tiny_clip
-    run = tmp_path / "toy_run"
+    run, other = tmp_path / "toy_run", tmp_path / "janus_run"
     save_toy_checkpoint(run, [False, True])
-    argv = [str(run), "--size", "32", "--n-azimuths", "12", "--clip-model", f"local-dir:{folder}"]
+    save_toy_checkpoint(other, [True])
+    argv = [str(run), str(other), "--size", "32", "--n-azimuths", "12",
+            "--clip-model", f"local-dir:{folder}", "--out", str(tmp_path / "cmp")]  # fmt: skip
     assert main_evaluate(argv) == 0
     printed = capsys.readouterr().out
     assert f"| {tmp_path.name}/toy_run | all |" in printed  # the summary table, labelled
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["clip"]["available"] and metrics["clip"]["model"].startswith("open_clip:local:")
+    # The comparison table holds each run's own summary; its Janus particle equals particle 1.
+    rows = read_csv(tmp_path / "cmp" / "summary.csv")
+    assert [(r["run"].split("/")[-1], r["particle"]) for r in rows] == [
+        ("toy_run", "all"), ("toy_run", "0"), ("toy_run", "1"),
+        ("janus_run", "all"), ("janus_run", "0"),
+    ]  # fmt: skip
+    other_metrics = json.loads((other / "eval" / "metrics.json").read_text())
+    for key in ("view_consistency", "best_prompt_accuracy", "clip_score"):
+        assert float(rows[0][key]) == pytest.approx(metrics["summary"][key], rel=1e-12)
+        assert float(rows[3][key]) == pytest.approx(other_metrics["summary"][key], rel=1e-12)
+        assert other_metrics["summary"][key] == pytest.approx(
+            metrics["particles"][1]["summary"][key], rel=1e-9
+        )
+    assert (tmp_path / "cmp" / "relative_similarity.png").is_file()
 
     # Independent: open_clip's own model and encoders on the toy's images (32 px = model size,
     # so the only preprocessing is open_clip's mean/std normalisation).
