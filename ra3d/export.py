@@ -9,7 +9,8 @@ Y-up frame, 1 unit = 1 m (:mod:`ra3d.export_write`) → turntable of the written
 and ``ATTRIBUTION.md`` (:mod:`ra3d.export_view`).
 
 Python API (what ``ra3d export`` and the fine stage call): :func:`export_run` for a
-:class:`~ra3d.checkpoint.LoadedRun`, :func:`export_representation` for one representation.
+:class:`~ra3d.checkpoint.LoadedRun`, :func:`export_particles` for live particles (the fine stage
+at its end), :func:`export_representation` for one representation.
 Everything works through the :class:`~ra3d.representations.base.Representation` interface, so
 any particle type with a surface and a colour field exports.
 """
@@ -227,23 +228,57 @@ def export_run(
     **kwargs: Any,
 ) -> list[Path]:
     """Export particles of a :class:`~ra3d.checkpoint.LoadedRun` (all when ``particles`` is
-    None) as ``particle<i>.*`` into ``out_dir`` (default ``<run>/export``), with one
-    ``index.html`` and ``ATTRIBUTION.md``; returns every written file.
+    None) into ``out_dir`` (default ``<run>/export``); see :func:`export_particles`.
 
     ``kwargs`` are further :class:`ExportOptions` fields (``resolution``, ``threshold``,
     ``max_faces``, ``turntable``, ...).
     """
+    return export_particles(
+        run.particles,
+        Path(out_dir) if out_dir is not None else run.run_dir / "export",
+        prompt=run.prompt,
+        assets=run.assets,
+        assignment=run.assignment,
+        stage=run.record.stage,
+        checkpoint=str(run.checkpoint_path),
+        formats=formats,
+        particles=particles,
+        texture_size=texture_size,
+        **kwargs,
+    )
+
+
+def export_particles(
+    representations: Sequence[Representation],
+    out_dir: str | Path,
+    prompt: str,
+    assets: Sequence[Any] = (),
+    assignment: Sequence[int] = (),
+    stage: str = "",
+    checkpoint: str = "",
+    formats: Sequence[str] = FORMATS,
+    particles: Sequence[int] | None = None,
+    texture_size: int = 1024,
+    **kwargs: Any,
+) -> list[Path]:
+    """Export particles θ⁽ⁱ⁾ as ``particle<i>.*`` into ``out_dir``, with one ``index.html`` and
+    ``ATTRIBUTION.md`` for all of them; returns every written file.
+
+    For callers that hold live particles rather than a checkpoint (the fine stage at its end).
+    ``assets`` are :class:`~ra3d.retrieval.base.RetrievedAsset` s and ``assignment`` the asset
+    index of each particle (Eq. 10's π); both go into the credits and the GLBs' extras.
+    """
     options = ExportOptions(formats=tuple(formats), texture_size=texture_size, **kwargs)
     options.validate()
-    indices = _particle_indices(len(run.particles), particles)
-    out = ensure_writable(Path(out_dir) if out_dir is not None else run.run_dir / "export")
-    assets = list(run.assets)
-    assignment = list(run.assignment)
+    indices = _particle_indices(len(representations), particles)
+    out = ensure_writable(Path(out_dir))
+    assets = list(assets)
+    assignment = list(assignment)
     base = {
-        "prompt": run.prompt,
+        "prompt": prompt,
         "ra3d_version": __version__,
-        "checkpoint": str(run.checkpoint_path),
-        "stage": run.record.stage,
+        "checkpoint": checkpoint,
+        "stage": stage,
         "assets": [
             {k: a.to_json()[k] for k in ("uid", "caption", "source", "license", "attribution")}
             for a in assets
@@ -256,13 +291,13 @@ def export_run(
         asset_index = assignment[i] if i < len(assignment) else None
         particle_assets[name] = asset_index
         provenance = {**base, "particle": i, "asset_index": asset_index}
-        files = export_representation(run.particles[i], out, name, options, provenance)
+        files = export_representation(representations[i], out, name, options, provenance)
         written += files
         glbs += [f for f in files if f.suffix == ".glb"]
         gifs += [f for f in files if f.suffix == ".gif"]
-    written.append(write_attribution(out, attribution_text(run.prompt, assets, particle_assets)))
+    written.append(write_attribution(out, attribution_text(prompt, assets, particle_assets)))
     if options.viewer and glbs:
-        written += write_viewer(out, run.prompt, glbs, gifs)
+        written += write_viewer(out, prompt, glbs, gifs)
     logger.info("exported %d particle(s) to %s", len(indices), out)
     return written
 
@@ -288,6 +323,7 @@ __all__ = [
     "ExportOptions",
     "describe_written",
     "ensure_writable",
+    "export_particles",
     "export_representation",
     "export_run",
 ]

@@ -27,7 +27,7 @@ from ra3d.cameras import Cameras, orbit_cameras
 from ra3d.checkpoint import RunRecord, load_run
 from ra3d.cli import main
 from ra3d.errors import Ra3dError
-from ra3d.export import ExportOptions, export_representation, export_run
+from ra3d.export import ExportOptions, export_particles, export_representation
 from ra3d.export_bake import (
     bake_albedo,
     cluster_vertices,
@@ -326,13 +326,10 @@ def test_viewer_page_shows_the_textured_glb_in_chromium(tmp_path) -> None:
         top = (p[:, 2:3] > 0).float()
         return top * torch.tensor([0.1, 0.8, 0.1]) + (1 - top) * torch.tensor([0.85, 0.1, 0.1])
 
-    class Run:  # the LoadedRun fields export_run reads
-        particles = [AnalyticTexturedMesh(*ellipsoid(3, (0.4, 0.4, 0.45)), two_tone)]
-        prompt, assets, assignment = "a two-tone egg", [], []
-        checkpoint_path = tmp_path / "x.ckpt"
-        record = RunRecord(prompt="a two-tone egg", n_particles=1)
-
-    export_run(Run(), tmp_path, formats=("glb",), texture_size=128, turntable=False)
+    egg = AnalyticTexturedMesh(*ellipsoid(3, (0.4, 0.4, 0.45)), two_tone)
+    export_particles(
+        [egg], tmp_path, "a two-tone egg", formats=("glb",), texture_size=128, turntable=False
+    )
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -518,17 +515,7 @@ def test_representation_without_colour_field_is_a_clear_error(tmp_path) -> None:
             Shape(*ellipsoid(1)), tmp_path, "s", ExportOptions(texture_size=16, **SMALL)
         )
     with pytest.raises(Ra3dError, match="out of range"):
-        export_run(load_run_stub(), tmp_path, particles=[3])
-
-
-def load_run_stub():
-    class Run:
-        particles = [AnalyticTexturedMesh(*ellipsoid(1))]
-        prompt, assets, assignment = "p", [], []
-        checkpoint_path = Path("x.ckpt")
-        record = RunRecord(prompt="p", n_particles=1)
-
-    return Run()
+        export_particles([AnalyticTexturedMesh(*ellipsoid(1))], tmp_path, "p", particles=[3])
 
 
 def test_turntable_gif_shows_the_exported_mesh(tmp_path) -> None:
