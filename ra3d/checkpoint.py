@@ -158,10 +158,11 @@ def read_checkpoint(path: str | Path) -> tuple[RunRecord, dict[str, Tensor], Pat
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, random bytes, a pickle with code in it, ...
+        detail = (str(err).strip().splitlines() or ["no detail"])[0]
+        detail = detail.split(". ")[0][:160]  # torch appends long weights_only advice
         raise CheckpointError(
-            f"{file} cannot be read as a checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'no detail'}); it may be truncated or "
-            "not a ra3d checkpoint"
+            f"{file} cannot be read as a checkpoint ({type(err).__name__}: {detail}); it may be "
+            "truncated or not a ra3d checkpoint"
         ) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{file} is not a Lightning checkpoint (no state_dict)")
