@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ra3d.errors import Ra3dError
+
 logger = logging.getLogger("ra3d.export")
 
 #: Chart size cap for xatlas, in faces (see :func:`unwrap`).
@@ -171,6 +173,11 @@ def unwrap(
     pack_options.bilinear = True
     pack_options.blockAlign = True  # much faster packing for a few % of atlas space
     atlas.generate(chart_options, pack_options)
+    if atlas.atlas_count != 1:  # UVs of several atlases would overlap in one texture
+        raise Ra3dError(
+            f"xatlas packed the charts into {atlas.atlas_count} atlases instead of one; export "
+            "with a larger --texture-size or a smaller --max-faces"
+        )
     vmapping, indices, uvs = atlas[0]
     logger.info(
         "xatlas: %d charts, atlas %dx%d texels normalised to %d^2 (chart gaps >= %.1f texels)",
