@@ -36,6 +36,7 @@ commands:
   adapt      lightweight adaptation of the prior on asset renders, Eq. 12 (ra3d adapt --prompt ...)
   export     textured mesh export of a checkpoint (ra3d export CKPT --format glb obj)
   evaluate   relative CLIP view metric, asset fidelity, plots (ra3d evaluate RUN_DIR [RUN_DIR ...])
+  chain      the whole workflow: coarse NeRF -> fine DMTet -> texture -> GLB (ra3d chain --prompt ...)
 
 run `ra3d <command> --help` for the options of a command.
 
@@ -347,6 +348,10 @@ def _dispatch(command: str, rest: list[str]) -> int:
         from ra3d.export_cli import main_export
 
         return main_export(rest)
+    if command == "chain":
+        from ra3d.chain import main_chain
+
+        return main_chain(rest)
     if command == "evaluate":
         from ra3d.evaluation_cli import main_evaluate
 
