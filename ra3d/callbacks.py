@@ -93,6 +93,7 @@ class FinalCheckpoint(pl.Callback):
         self.every_n_train_steps = every_n_train_steps
         self.filename = filename
         self.saved_step: int | None = None
+        self.saved_on_stop: str | None = None
 
     def path(self, trainer: pl.Trainer) -> Path:
         root = trainer.log_dir if trainer.logger is not None else None
@@ -144,6 +145,7 @@ class FinalCheckpoint(pl.Callback):
             return
         if self.saved_step == trainer.global_step or self._save(trainer):
             log.info("saved checkpoint %s (step %d)", path, trainer.global_step)
+            self.saved_on_stop = str(path)  # also for Lightning's own SIGTERM stop (validation)
             if isinstance(exception, Interrupted):
                 exception.saved = str(path)
 

@@ -299,6 +299,8 @@ def _interrupted_message(err: Interrupted) -> str:
     how = "Ctrl-C" if err.signum == signal.SIGINT else err.signal_name
     saved = err.saved
     final = _RUN.final_checkpoint
+    if saved is None and final is not None:
+        saved = getattr(final, "saved_on_stop", None)
     if saved is None and final is not None and _RUN.run_dir is not None:
         path = _RUN.run_dir / "checkpoints" / final.filename
         if path.is_file():

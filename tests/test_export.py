@@ -334,24 +334,33 @@ def test_viewer_page_shows_the_textured_glb_in_chromium(tmp_path) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     shot = tmp_path / "shot.png"
-    try:
-        subprocess.run(
-            [
-                browser, "--headless", "--no-sandbox", "--disable-gpu-sandbox",
-                "--enable-unsafe-swiftshader", "--use-gl=angle", "--use-angle=swiftshader",
-                "--hide-scrollbars", "--window-size=480,480", "--virtual-time-budget=15000",
-                f"--screenshot={shot}", f"http://127.0.0.1:{server.server_port}/index.html",
-            ],
-            capture_output=True, timeout=120, check=False, env={**os.environ, "HOME": str(tmp_path)},
-        )  # fmt: skip
-    finally:
-        server.shutdown()
     from PIL import Image
 
-    assert shot.is_file(), "chromium wrote no screenshot"
-    rgb = np.asarray(Image.open(shot).convert("RGB"), np.float32) / 255
-    body = rgb[40:, :]  # below the page header
-    differs = np.abs(body - 1.0).max(-1) > 0.1
+    # On a loaded machine the software WebGL of headless Chromium may not have drawn the model
+    # within the page's virtual time; a blank page is retried with more time (the assertions
+    # below are unchanged).
+    try:
+        for budget in (15000, 45000, 120000):
+            shot.unlink(missing_ok=True)
+            subprocess.run(
+                [
+                    browser, "--headless", "--no-sandbox", "--disable-gpu-sandbox",
+                    "--enable-unsafe-swiftshader", "--use-gl=angle", "--use-angle=swiftshader",
+                    "--hide-scrollbars", "--window-size=480,480",
+                    f"--virtual-time-budget={budget}", f"--screenshot={shot}",
+                    f"http://127.0.0.1:{server.server_port}/index.html",
+                ],
+                capture_output=True, timeout=240, check=False,
+                env={**os.environ, "HOME": str(tmp_path)},
+            )  # fmt: skip
+            assert shot.is_file(), "chromium wrote no screenshot"
+            rgb = np.asarray(Image.open(shot).convert("RGB"), np.float32) / 255
+            body = rgb[40:, :]  # below the page header
+            differs = np.abs(body - 1.0).max(-1) > 0.1
+            if differs.mean() > 0.05:
+                break
+    finally:
+        server.shutdown()
     assert differs.mean() > 0.05, differs.mean()
     green = (body[..., 1] > body[..., 0] + 0.15) & (body[..., 1] > body[..., 2] + 0.15)
     red = (body[..., 0] > body[..., 1] + 0.15) & (body[..., 0] > body[..., 2] + 0.15)
