@@ -13,10 +13,9 @@ is the column that shows what each component does.
     python bench/ablations.py --steps 150                       # all variants, demo length
     python bench/ablations.py --steps 4 --size 16 --variants baseline,no_asset_term
     python bench/ablations.py --eval-args="--clip-pretrained /models/open_clip_model.safetensors"
-    python bench/ablations.py --fit-args="--model.adaptation.enabled true"   # adaptation on in all
 
-The demo config keeps the adaptation of Eq. 12 off (its cost on a CPU); without
-``--fit-args="--model.adaptation.enabled true"`` the ``no_adaptation`` variant equals ``baseline``.
+The demo config has every component on (retrieval, adaptation, asset term, delta distillation,
+2 particles); each variant switches one off.
 
 The command-line flags that switch each component off are in :data:`VARIANTS` (one place, since
 the config names may change).

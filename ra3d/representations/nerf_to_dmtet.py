@@ -73,11 +73,62 @@ def _density(nerf: nn.Module, points: Tensor, radius: float) -> Tensor:
     return torch.where(points.norm(dim=-1) <= radius, sigma, torch.zeros_like(sigma))
 
 
+#: Candidate density levels of ``threshold="silhouette"`` (a geometric-ish ladder around 25).
+SILHOUETTE_LEVELS: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 25.0, 40.0)
+
+
+def silhouette_matched_level(
+    nerf: nn.Module,
+    build: Any,
+    levels: tuple[float, ...] = SILHOUETTE_LEVELS,
+    n_views: int = 4,
+    size: int = 48,
+) -> float:
+    """The level whose DMTet silhouettes best match the NeRF's own renders (``opacity > 0.5``).
+
+    The coarse stage was trained through its renders, so the surface that keeps what it learnt is
+    the one that looks the same from the cameras; a fixed density level (threestudio's 25) is only
+    right for a NeRF trained as long as threestudio's. ``build(level)`` returns the DMTet of a
+    level; each candidate is rendered at ``n_views`` orbit views and scored by silhouette IoU.
+    """
+    from ra3d.cameras import orbit_cameras
+    from ra3d.metrics import silhouette_iou
+
+    radius = float(nerf.radius)
+    cams = orbit_cameras(n_views, size, size, elevation_deg=20.0, distance=2.0 * radius,
+                         fovy_deg=50.0)  # fmt: skip
+    was_training = nerf.training
+    nerf.eval()
+    with torch.no_grad():
+        reference = nerf.render(cams).opacity
+        scores: dict[float, float] = {}
+        for level in levels:
+            try:
+                candidate = build(level).eval()
+            except ConfigError:  # empty level set
+                continue
+            scores[level] = float(silhouette_iou(candidate.render(cams).opacity, reference).mean())
+    nerf.train(was_training)
+    if not scores:
+        raise ConfigError(
+            f"the NeRF has no surface at any density level in {levels}; train the coarse stage "
+            "longer or give a numeric threshold"
+        )
+    best = max(scores, key=lambda k: scores[k])
+    logger.info(
+        "threshold 'silhouette': level %.4g (IoU %.3f against the NeRF's renders; tried %s)",
+        best, scores[best], ", ".join(f"{k:g}: {v:.3f}" for k, v in scores.items()),
+    )  # fmt: skip
+    return best
+
+
 def pick_threshold(density: Tensor, in_sphere: Tensor, threshold: float | str) -> float:
     """The density level of step 1 (see the module docstring)."""
     if threshold != "auto":
         if isinstance(threshold, str) or not float(threshold) > 0:
-            raise ConfigError(f"threshold must be a positive density or 'auto', got {threshold!r}")
+            raise ConfigError(
+                f"threshold must be a positive density, 'auto' or 'silhouette', got {threshold!r}"
+            )
         return float(threshold)
     values = density[in_sphere].double()
     fraction = float((values > DEFAULT_THRESHOLD).double().mean())
@@ -107,7 +158,9 @@ def dmtet_from_nerf(
     Args:
         nerf: an ``InstantNGPNeRF`` (needs ``radius``, ``density(points)``, ``texture``,
             ``background``).
-        threshold: density level (threestudio: 25) or ``"auto"`` (module docstring, step 1).
+        threshold: density level (threestudio: 25), ``"auto"`` (module docstring, step 1) or
+            ``"silhouette"`` (the level whose silhouettes match the NeRF's renders best,
+            :func:`silhouette_matched_level`).
         grid_resolution: cubes per side of the DMTet grid (and of the probe grid).
         margin: world units added around the kept region (at least two probe cells).
         remove_floaters, min_floater_fraction: step 2.
@@ -115,6 +168,14 @@ def dmtet_from_nerf(
         dmtet_kwargs: other :class:`DMTet` arguments (texture-field shapes must match the NeRF's
             to copy it; ``radius`` is the NeRF's).
     """
+    if threshold == "silhouette":
+        threshold = silhouette_matched_level(
+            nerf,
+            lambda level: dmtet_from_nerf(
+                nerf, level, grid_resolution, margin, remove_floaters, min_floater_fraction,
+                copy_texture=False, **dmtet_kwargs,
+            ),
+        )  # fmt: skip
     for name in ("radius", "bbox"):
         if name in dmtet_kwargs:
             raise ConfigError(
