@@ -139,3 +139,29 @@ def test_normal_guidance_image_encodes_normals_on_black() -> None:
     torch.testing.assert_close(guidance_image(out, "normal"), expected)
     with pytest.raises(ConfigError, match="renders normals"):
         guidance_image(RenderOutput(rgb=out.rgb, opacity=opacity, depth=opacity), "normal")
+
+
+class _CoreAndHalo(InstantNGPNeRF):
+    """Density 100 inside r < 0.5 and 2 in the shell 0.5 <= r < 0.8: the shell is thick enough to
+    be seen (a chord through it has optical depth up to 2.5, opacity 0.92), so the NeRF's
+    silhouette is the r = 0.8 sphere, while threestudio's level 25 keeps only the core."""
+
+    def geometry(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r = points.norm(dim=-1)
+        sigma = torch.where(r < 0.5, 100.0, torch.where(r < 0.8, 2.0, 0.0)).to(points.dtype)
+        return sigma, torch.zeros(*points.shape[:-1], 3, dtype=points.dtype)
+
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        return self.geometry(points)[0]
+
+
+def test_silhouette_threshold_keeps_what_the_nerf_shows() -> None:
+    nerf = _CoreAndHalo(radius=1.0, n_samples_per_ray=128, encoding=ENCODING, hidden_dim=16,
+                        normal_type="none", use_occupancy_grid=False, background="solid")  # fmt: skip
+    kwargs = {"grid_resolution": 24, "encoding": ENCODING, "hidden_dim": 16, "backend": "torch"}
+    cell = 2.0 / 24  # the probe grid spans the radius-1 cube
+    matched = DMTet.from_nerf(nerf, threshold="silhouette", **kwargs)
+    core = DMTet.from_nerf(nerf, threshold=25.0, **kwargs)
+    r_matched = float(matched.surface()[0].norm(dim=-1).median())
+    r_core = float(core.surface()[0].norm(dim=-1).median())
+    assert abs(r_matched - 0.8) < cell and abs(r_core - 0.5) < cell
