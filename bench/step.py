@@ -13,6 +13,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 
 import lightning.pytorch as pl
@@ -62,6 +63,7 @@ def main() -> int:
     timer = StepTimer()
     trainer = pl.Trainer(
         max_steps=args.warmup + args.steps, accelerator=args.accelerator, logger=False,
+        default_root_dir=tempfile.mkdtemp(prefix="ra3d-bench-"),  # retrieved.json, adapter/
         enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[timer],
     )  # fmt: skip
