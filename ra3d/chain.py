@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import time
 from pathlib import Path
 
@@ -46,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs", help="save_dir of every stage (outputs)")
     p.add_argument("--run-id", default=None, help="version folder of every stage (chain-<time>)")
     p.add_argument("--no-export", action="store_true", help="do not export meshes at the end")
+    p.add_argument(
+        "--fit-args", default="",
+        help="extra ra3d fit options for every stage, one quoted string "
+        "(e.g. \"--trainer.max_steps 20 --data.height 32 --data.width 32\")",
+    )  # fmt: skip
     return p
 
 
@@ -94,6 +100,7 @@ def main_chain(argv: list[str]) -> int:
             argv_stage += ["--init_from", str(previous)]
         if stage == "texture" and args.no_export:
             argv_stage += ["--model.export_at_end", "null"]
+        argv_stage += shlex.split(args.fit_args)
         logger.info("chain: %s stage (%s)", stage, configs[stage])
         code = main(argv_stage)  # the stage's own messages, checkpoints and exit code
         if code != 0:

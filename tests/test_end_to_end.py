@@ -88,3 +88,27 @@ def test_test_subcommand_writes_a_turntable(tmp_path: Path) -> None:
         "view001.png",
         "view002.png",
     ]
+
+
+def test_chain_goes_from_prompt_to_textured_glb(tmp_path: Path, capsys) -> None:
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    tiny = ("--trainer.max_steps 2 --trainer.val_check_interval 2 --trainer.limit_val_batches 1 "
+            "--data.height 16 --data.width 16 --data.eval_height 16 --data.eval_width 16 "
+            "--data.n_val_views 1 --trainer.enable_progress_bar false "
+            "--model.retrieval.preview_size 16 --model.adaptation.n_views 10 "
+            "--model.adaptation.steps 2 --model.adaptation.batch_size 2")  # fmt: skip
+    code = main(["chain", "--prompt", "a wooden chair", "--out", str(tmp_path), "--run-id", "r1",
+                 "--coarse", str(configs / "demo.yaml"), "--fine", str(configs / "demo_fine.yaml"),
+                 "--texture", str(configs / "demo_texture.yaml"), "--fit-args", tiny])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    export = tmp_path / "demo_texture" / "r1" / "export"
+    glbs = sorted(export.glob("particle*.glb"))
+    assert [g.name for g in glbs] == ["particle0.glb", "particle1.glb"]
+    assert all(str(g) in out for g in glbs)  # the command says where the files are
+    texture = torch.load(export.parent / "checkpoints" / "last.ckpt", weights_only=True)["ra3d"]
+    coarse = torch.load(tmp_path / "demo" / "r1" / "checkpoints" / "last.ckpt",
+                        weights_only=True)["ra3d"]  # fmt: skip
+    assert texture["prompt"] == "a wooden chair" and texture["stage"] == "texture"
+    assert texture["retrieval"]["assignment"] == coarse["retrieval"]["assignment"]
+    assert texture["adapter"]["path"].endswith("view_adapter.safetensors")
