@@ -14,7 +14,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ra3d.cameras import make_cameras
 from ra3d.errors import ConfigError
@@ -32,19 +32,7 @@ from ra3d.representations.mesh_ops import (
 from ra3d.representations.nerf import InstantNGPNeRF
 from ra3d.representations.rasterize import nvdiffrast_available, rasterize_torch
 from ra3d.representations.tetgrid import tet_grid, tets_cache_dir
-
-
-class FourierEncoding(nn.Module):
-    """A tiny smooth encoding standing in for the hash grid (texture fields in tests)."""
-
-    def __init__(self, n_output_dims: int = 6, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.proj = nn.Parameter(3.0 * torch.randn(3, n_output_dims, generator=g))
-        self.n_output_dims = n_output_dims
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.sin(x @ self.proj.to(x.dtype))
+from tests.toys import FourierEncoding
 
 
 def tiny_dmtet(resolution: int, **kwargs) -> DMTet:

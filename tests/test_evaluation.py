@@ -182,34 +182,6 @@ def test_relative_similarity_matches_hand_computation(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- tiny open_clip
-TINY_CLIP_CFG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
-    """A tiny random open_clip model: registered name, weights file, and 'local-dir:' folder.
-    Seed 0 gives view-prompt cosine sums of 1.2–1.8 on the toy's images (ratios well defined)."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    root = tmp_path_factory.mktemp("tiny_clip_eval")
-    (root / "ra3d-eval-tiny-clip.json").write_text(json.dumps(TINY_CLIP_CFG))
-    open_clip.add_model_config(root / "ra3d-eval-tiny-clip.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model("ra3d-eval-tiny-clip")
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(root / "tiny.safetensors"))
-    folder = root / "local"
-    folder.mkdir()
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP_CFG}))
-    save_file(state, str(folder / "open_clip_model.safetensors"))
-    return "ra3d-eval-tiny-clip", root / "tiny.safetensors", folder
-
-
 def test_cli_with_open_clip_matches_open_clip_encoders(
     tiny_clip: tuple[str, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

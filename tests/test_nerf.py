@@ -7,6 +7,7 @@ background, mesh extraction) is checked independently of any learned field.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -20,21 +21,12 @@ from ra3d.cameras import make_cameras
 from ra3d.representations.base import RenderOutput
 from ra3d.representations.nerf import InstantNGPNeRF
 from ra3d.representations.volume import surface_nets
+from tests.toys import FourierEncoding
 
 ALBEDO = (0.2, 0.4, 0.6)
 
 
-class TinyEncoding(nn.Module):
-    """A learnable random-Fourier-feature encoding (smooth, twice differentiable)."""
-
-    def __init__(self, n_output_dims: int = 8, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.proj = nn.Parameter(3.0 * torch.randn(3, n_output_dims, generator=g))
-        self.n_output_dims = n_output_dims
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.sin(x @ self.proj.to(x.dtype))
+TinyEncoding = functools.partial(FourierEncoding, 8)  # 8 features, seed 0
 
 
 def tiny_hash_encoding(dtype: torch.dtype = torch.float32) -> nn.Module:

@@ -319,35 +319,6 @@ def test_minilm_matches_transformers_bert(minilm: MiniLMTextEmbedder) -> None:
     torch.testing.assert_close(minilm.embed_text(texts), ref, atol=2e-5, rtol=0)
 
 
-TINY_CLIP_CFG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
-    """A tiny random open_clip model registered as 'ra3d-tiny-clip', saved as a checkpoint file
-    and as a 'local-dir:' folder, so the real loading paths are exercised offline."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    root = tmp_path_factory.mktemp("tiny_clip")
-    (root / "ra3d-tiny-clip.json").write_text(json.dumps(TINY_CLIP_CFG))
-    open_clip.add_model_config(root / "ra3d-tiny-clip.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model("ra3d-tiny-clip")
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    ckpt = root / "tiny.safetensors"
-    save_file(state, str(ckpt))
-    folder = root / "local"
-    folder.mkdir()
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP_CFG}))
-    save_file(state, str(folder / "open_clip_model.safetensors"))
-    return "ra3d-tiny-clip", ckpt, folder
-
-
 def test_openclip_embedder_loads_local_weights(tiny_clip: tuple[str, Path, Path]) -> None:
     import open_clip
     from PIL import Image

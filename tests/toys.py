@@ -87,3 +87,17 @@ class FreeImage(Representation):
         rgb = fg + (1.0 - alpha) * background
         return RenderOutput(rgb=rgb, opacity=alpha, depth=torch.zeros_like(alpha),
                             extras={"rgb_foreground": fg, "background": background})  # fmt: skip
+
+
+class FourierEncoding(nn.Module):
+    """A tiny learnable random-Fourier-feature encoding standing in for the hash grid (smooth,
+    twice differentiable): ``sin(x @ P)`` with ``P [3, n_output_dims]`` seeded."""
+
+    def __init__(self, n_output_dims: int = 6, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.proj = nn.Parameter(3.0 * torch.randn(3, n_output_dims, generator=g))
+        self.n_output_dims = n_output_dims
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(x @ self.proj.to(x.dtype))
