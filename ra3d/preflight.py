@@ -8,10 +8,13 @@ refuse bad values up front with a message that names the key and the fix.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from ra3d.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger("ra3d.preflight")
 
 MAX_RENDER_SIDE = 16384  # pixels; renders are resized to the prior's 64 or 512 px anyway
 LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
@@ -52,12 +55,36 @@ def check_trainer(cfg: dict[str, Any], subcommand: str) -> None:
         )
 
 
-def estimate_train_bytes(cfg: dict[str, Any]) -> tuple[int, str]:
-    """A rough lower bound of the activation memory of one training step, and how it was
-    computed: every particle renders ``batch × H × W`` rays of ``n_samples_per_ray`` samples, and
-    backpropagation keeps, per sample, the hash-grid features and corner weights/indices
-    (8 corners × 12 bytes per level), two activations per MLP layer and ~32 other floats."""
-    rep = _get(cfg, "model.representation.init_args", {}) or {}
+#: Class of the volume renderer whose per-sample memory :func:`estimate_train_bytes` models.
+NERF_CLASS = "ra3d.representations.nerf.InstantNGPNeRF"
+#: Per-ray floats any representation keeps for backpropagation: origin and direction, the four
+#: outputs (rgb, opacity, depth, normal), the background colour, and their gradients.
+PER_RAY_FLOATS = 32
+
+
+def _reachable_stages(cfg: dict[str, Any]) -> int:
+    """How many entries of the resolution schedule a run of ``trainer.max_steps`` reaches (entry
+    ``i`` starts at ``data.resolution_milestones[i - 1]``)."""
+    milestones = [int(m) for m in _as_list(_get(cfg, "data.resolution_milestones", []))]
+    max_steps = _get(cfg, "trainer.max_steps", -1)
+    if not isinstance(max_steps, int) or max_steps < 0:
+        return len(milestones) + 1
+    return 1 + sum(1 for m in milestones if m < max_steps)
+
+
+def estimate_train_bytes(cfg: dict[str, Any]) -> tuple[int, int, str]:
+    """``(lower, upper, how)``: bounds of the activation memory of one training step, over the
+    resolution stages the run reaches.
+
+    Every particle renders ``batch × H × W`` rays, each keeping :data:`PER_RAY_FLOATS` floats
+    whatever the representation (the lower bound). The NeRF also keeps, per sample of
+    ``n_samples_per_ray``, the hash-grid features and corner weights/indices (8 corners × 12
+    bytes per level), two activations per MLP layer and ~32 other floats; with its occupancy grid
+    on, empty space is skipped (threestudio's ProlificDreamer at 512 px relies on it), so all
+    samples are only the upper bound, else they are the lower bound too."""
+    rep_cfg = _get(cfg, "model.representation", {}) or {}
+    rep = (rep_cfg.get("init_args") if isinstance(rep_cfg, dict) else None) or {}
+    is_nerf = isinstance(rep_cfg, dict) and rep_cfg.get("class_path") == NERF_CLASS
     enc = rep.get("encoding") if isinstance(rep.get("encoding"), dict) else {}
     enc = enc or {}
     samples = int(rep.get("n_samples_per_ray", 64) or 64)
@@ -66,19 +93,24 @@ def estimate_train_bytes(cfg: dict[str, Any]) -> tuple[int, str]:
     levels = int(enc.get("n_levels", 16) or 16)
     features = levels * int(enc.get("n_features_per_level", 2) or 2)
     per_sample = 4 * (features + 2 * hidden * layers + 32) + levels * 8 * 12
+    per_ray = 4 * PER_RAY_FLOATS
     particles = int(_get(cfg, "model.n_particles", 1))
     heights = _as_list(_get(cfg, "data.height", 64))
     widths = _as_list(_get(cfg, "data.width", 64))
     batches = _as_list(_get(cfg, "data.batch_size", 1))
-    stages = max(len(heights), len(widths), len(batches))
+    stages = min(max(len(heights), len(widths), len(batches)), _reachable_stages(cfg))
     worst = 0
     for i in range(stages):
         h = int(heights[min(i, len(heights) - 1)])
         w = int(widths[min(i, len(widths) - 1)])
         b = int(batches[min(i, len(batches) - 1)])
         worst = max(worst, particles * b * h * w)
+    if not is_nerf:
+        return worst * per_ray, worst * per_ray, f"{worst} rays × ~{per_ray} bytes"
+    all_samples = worst * (per_ray + samples * per_sample)
     how = f"{worst} rays × {samples} samples × ~{per_sample} bytes"
-    return worst * samples * per_sample, how
+    occupancy = rep.get("use_occupancy_grid", True) is not False
+    return (worst * per_ray if occupancy else all_samples), all_samples, how
 
 
 def _available_bytes(cfg: dict[str, Any]) -> tuple[int, str]:
@@ -109,14 +141,21 @@ def check_resources(cfg: dict[str, Any], subcommand: str) -> None:
             )
     if subcommand != "fit":
         return
-    need, how = estimate_train_bytes(cfg)
+    lower, upper, how = estimate_train_bytes(cfg)
     have, what = _available_bytes(cfg)
-    if need > have:
+    if lower > have:
         raise ConfigError(
-            f"one training step needs at least ~{need / 2**30:.1f} GiB ({how}) but only "
+            f"one training step needs at least ~{lower / 2**30:.1f} GiB ({how}) but only "
             f"{have / 2**30:.1f} GiB of {what} is left: lower --data.height/--data.width, "
             "--data.batch_size, --model.n_particles or n_samples_per_ray"
         )
+    if upper > have:
+        logger.warning(
+            "one training step may need up to ~%.1f GiB (%s) if the occupancy grid skips no "
+            "samples, and %.1f GiB of %s is left; it usually skips most of them, but if memory "
+            "runs out lower --data.height/--data.width or n_samples_per_ray",
+            upper / 2**30, how, have / 2**30, what,
+        )  # fmt: skip
 
 
 def check_checkpoint(cfg: dict[str, Any], subcommand: str) -> None:

@@ -228,7 +228,7 @@ class AdapterManager:
         self._configs: dict[str, LoraConfig] = {}
         self._active: tuple[str, ...] = ()
         self._layers: list[BaseTunerLayer] = []
-        self._flags_ready = False  # requires_grad flags set once by the public peft API
+        self._flags_ready = False  # the layers were selected (and flags restored) at least once
         self._params: dict[str, list[tuple[str, nn.Parameter]]] = {}  # per-adapter cache
 
     # -------------------------------------------------------------- bookkeeping
@@ -333,44 +333,42 @@ class AdapterManager:
         self._trainable[name] = trainable
         self._restore_requires_grad()
 
-    def _restore_requires_grad(self) -> None:
+    def _restore_requires_grad(self, names: Sequence[str] | None = None) -> None:
+        """Give every adapter tensor its adapter's trainability.
+
+        With ``names``, the flags are those peft's ``set_adapter(names)`` just left (tensors of
+        the selected adapters require grad, the others do not), and only the adapters where that
+        differs from their trainability are touched."""
         for adapter, trainable in self._trainable.items():
+            if names is not None and (adapter in names) == trainable:
+                continue
             for p in self.parameters(adapter):
                 p.requires_grad_(trainable)
 
     def _apply(self, names: Sequence[str], force: bool = False) -> None:
-        """Select ``names`` on every LoRA layer.
+        """Select ``names`` on every LoRA layer through peft's public API.
 
-        peft's ``set_adapter``/``enable_adapters`` also rewrite ``requires_grad`` of every adapter
-        tensor, which we then restore; on a full SD UNet that costs ~20 ms per switch and a VSD
-        step switches several times. Once the flags are right (``force`` or the first call), a
-        switch only needs the two attributes peft's LoRA forward reads, so set those directly when
-        the installed peft has them (checked, with the public API as the fallback).
+        peft's ``set_adapter`` also marks the selected adapters' tensors trainable and the others
+        frozen; the manager then restores each adapter's own trainability (a frozen ω stays
+        frozen while selected). A VSD step switches several times, so a switch to the current
+        selection does nothing, adapters are only re-enabled after the base UNet alone was used,
+        and only the adapters whose flags peft changed wrongly are restored. (An earlier version
+        wrote peft's private selection attributes to skip the flag updates; on an H100 it did not
+        change the step time, see BENCHMARKS.md.)
         """
-        names = list(names)
-        fast = (
-            not force
-            and self._flags_ready
-            and all(
-                hasattr(layer, "_active_adapter") and hasattr(layer, "_disable_adapters")
-                for layer in self._layers[:1]
-            )
-        )
-        if fast:
-            for layer in self._layers:
-                if names:
-                    layer._active_adapter = names
-                layer._disable_adapters = not names
-            self._active = tuple(names)
+        names = tuple(names)
+        if not force and self._flags_ready and names == self._active:
             return
+        enable = force or not self._flags_ready or not self._active
         for layer in self._layers:
             if names:
-                layer.set_adapter(names)
-                layer.enable_adapters(True)
+                if enable:
+                    layer.enable_adapters(True)
+                layer.set_adapter(list(names))
             else:
                 layer.enable_adapters(False)
-        self._active = tuple(names)
-        self._restore_requires_grad()
+        self._active = names
+        self._restore_requires_grad(names if names else ())
         self._flags_ready = True
 
     def activate(self, names: Sequence[str] | str | None) -> None:
