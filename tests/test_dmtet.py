@@ -255,6 +255,17 @@ def test_antialiased_coverage_of_a_vertical_edge_is_the_exact_box_filter(columns
     assert abs(float(g) - size * size / 2) < 1e-9
 
 
+def test_antialiasing_ignores_edges_behind_the_camera() -> None:
+    """Covered pixels whose triangle has every vertex behind the camera (``w < 0``) have no
+    usable crossing: the image is returned unchanged instead of failing."""
+    clip = torch.tensor([[[-1.0, -1, 0, -1], [1, -1, 0, -1], [0, 1, 0, -1]]])
+    triangle_id = torch.full((1, 4, 4), -1)
+    triangle_id[0, 1:3, 1:3] = 0
+    hit = (triangle_id >= 0)[..., None].float()
+    (opacity,) = silhouette_antialias([hit], clip, torch.tensor([[0, 1, 2]]), triangle_id)
+    assert torch.equal(opacity, hit)
+
+
 def test_antialiased_silhouette_of_a_fine_dmtet_sphere_matches_the_closed_form() -> None:
     """A DMTet sphere whose grid cells are smaller than a pixel (grid 64 seen at 32 px: a cell is
     about 0.7 px): the total antialiased opacity is the sphere's projected disc, ``π R²`` pixels,

@@ -116,6 +116,8 @@ def silhouette_antialias(
         cc = torch.cat([cc, cc[on_centre] - 1])
         inside = (cc >= 0) & (cc < n_along - 1)
         cb, ce, ck, ct, cc = cb[inside], ce[inside], ck[inside], ct[inside], cc[inside]
+        if ct.numel() == 0:  # e.g. every edge has a vertex behind the camera
+            continue
         n_keys = b * n_lines * (n_along - 1)
         key = (cb * n_lines + ck) * (n_along - 1) + cc  # [X]
         pair_key = (bi * n_lines + line) * (n_along - 1) + cell  # [P]
