@@ -25,16 +25,14 @@ class StepProgressBar(TQDMProgressBar):
         self._last_time: float | None = None
         self.seconds_per_step: float | None = None
 
-    def init_train_tqdm(self) -> Any:
-        bar = super().init_train_tqdm()
-        bar.set_description("step", refresh=False)  # not "Training" and then "Epoch 0"
-        return bar
+    @property
+    def train_description(self) -> str:
+        return "step"  # from the bar's creation: not "Training", then "Epoch 0"
 
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         # Lightning's own hook would label the bar "Epoch 0" first; a run has one endless epoch.
         bar = self.train_progress_bar
-        bar.reset(total=trainer.max_steps if trainer.max_steps > 0 else None)
-        bar.set_description("step", refresh=False)
+        bar.reset(total=trainer.max_steps if trainer.max_steps > 0 else None)  # keeps "step"
         bar.update(trainer.global_step)  # a resumed run starts where it stopped
         self._last_time = None
 

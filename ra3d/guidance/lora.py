@@ -368,7 +368,7 @@ class AdapterManager:
             else:
                 layer.enable_adapters(False)
         self._active = names
-        self._restore_requires_grad(names if names else ())
+        self._restore_requires_grad(names)
         self._flags_ready = True
 
     def activate(self, names: Sequence[str] | str | None) -> None:
