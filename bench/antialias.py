@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def sphere(grid: int, size: int, repeats: int) -> dict:
     from ra3d.cameras import make_cameras
-    from ra3d.representations.antialias import silhouette_antialias
+    from ra3d.representations.components.antialias import silhouette_antialias
     from ra3d.representations.dmtet import DMTet
 
     r, distance, fovy = 0.5, 2.0, 45.0
@@ -95,9 +95,9 @@ def sphere(grid: int, size: int, repeats: int) -> dict:
 
 def fit(args: argparse.Namespace) -> None:
     from ra3d.cameras import orbit_cameras
-    from ra3d.checkpoint import load_run
-    from ra3d.metrics import silhouette_iou
     from ra3d.representations.dmtet import DMTet
+    from ra3d.representations.metrics import silhouette_iou
+    from ra3d.training.checkpoint import load_run
 
     torch.manual_seed(0)
     run = load_run(args.run)

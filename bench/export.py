@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ra3d.export_bake import (
+from ra3d.export.bake import (
     UVMesh,
     bake_albedo,
     decimate,
@@ -34,8 +34,8 @@ from ra3d.export_bake import (
     seam_padding,
     unwrap,
 )
-from ra3d.export_write import world_to_file, write_glb, write_obj
-from ra3d.representations.volume import surface_nets
+from ra3d.export.write import world_to_file, write_glb, write_obj
+from ra3d.representations.components.volume import surface_nets
 
 # Grid sizes whose bumpy-sphere surface has ~10k, ~50k and ~200k faces (grid 256: ~230k).
 DEFAULT_GRIDS = (54, 120, 240)

@@ -26,7 +26,11 @@ from typing import Any
 
 import torch
 
-from ra3d.representations.hashgrid import HashGridEncoding, tcnn_available, triton_available
+from ra3d.representations.components.hashgrid import (
+    HashGridEncoding,
+    tcnn_available,
+    triton_available,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -54,8 +54,8 @@ def main() -> int:
 
     from lightning.pytorch.cli import LightningCLI
 
-    from ra3d.data import RandomCameraDataModule
-    from ra3d.system import RA3DSystem
+    from ra3d.training.data import RandomCameraDataModule
+    from ra3d.training.system import RA3DSystem
 
     overrides = [f"--{item}" if "=" in item else item for item in args.set]
     sys.argv = ["bench", "--config", args.config, *overrides]

@@ -66,6 +66,7 @@ class Interrupted(BaseException):
         self.signum = int(signum)
         self.at_step_boundary = at_step_boundary  # raised between steps: safe to checkpoint
         self.saved: str | None = None  # the checkpoint written on the way out, if any
+        self.kept: str | None = None  # else the last checkpoint saved before the stop, if any
 
     @property
     def signal_name(self) -> str:

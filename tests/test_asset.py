@@ -10,19 +10,19 @@ import pytest
 import torch
 import trimesh
 
-from ra3d.augmentation import RetrievalAugmentation
-from ra3d.callbacks import FinalCheckpoint
+from ra3d.augmentation.asset_term import AssetTerm, distinct_assignment
+from ra3d.augmentation.assets import RetrievalConfig
+from ra3d.augmentation.retrieval_augmentation import RetrievalAugmentation
 from ra3d.cameras import orbit_cameras
-from ra3d.checkpoint import read_checkpoint
-from ra3d.data import RandomCameraDataModule
 from ra3d.errors import ConfigError
-from ra3d.guidance.asset import AssetTerm, distinct_assignment
 from ra3d.guidance.base import Guidance, GuidanceOutput
-from ra3d.metrics import silhouette_iou
 from ra3d.representations.mesh import MeshAsset
+from ra3d.representations.metrics import silhouette_iou
 from ra3d.representations.nerf import InstantNGPNeRF
-from ra3d.retrieval.fit import RetrievalConfig
-from ra3d.system import RA3DSystem
+from ra3d.training.callbacks import FinalCheckpoint
+from ra3d.training.checkpoint import read_checkpoint
+from ra3d.training.data import RandomCameraDataModule
+from ra3d.training.system import RA3DSystem
 from tests.toys import ColorField, FreeImage, NoisyTargetGuidance
 
 
@@ -216,12 +216,12 @@ def test_assignment_and_assets_survive_save_and_resume(tmp_path: Path, monkeypat
     assert record.assignment == first.augmentation.assignment
     assert [a.mesh_path.name for a in record.assets] == ["box.ply", "ball.ply"]
 
-    import ra3d.augmentation
+    import ra3d.augmentation.retrieval_augmentation
 
     def no_retrieval(*args, **kwargs):
         raise AssertionError("a resume must not retrieve again")
 
-    monkeypatch.setattr(ra3d.augmentation, "retrieve_assets", no_retrieval)
+    monkeypatch.setattr(ra3d.augmentation.retrieval_augmentation, "retrieve_assets", no_retrieval)
     resumed = make("closest")  # a different rule must not matter: π comes from the checkpoint
     _fit(tmp_path / "a", resumed, 3, ckpt=ckpt)
     assert resumed.augmentation.assignment == first.augmentation.assignment
@@ -240,7 +240,7 @@ def test_missing_asset_mesh_on_resume_is_one_clear_error(tmp_path: Path) -> None
 
 
 def test_asset_radius_must_fit_inside_the_representation() -> None:
-    from ra3d.augmentation import _check_scale
+    from ra3d.augmentation.retrieval_augmentation import _check_scale
 
     nerf = InstantNGPNeRF(
         radius=1.0, encoding={"n_levels": 2, "log2_hashmap_size": 8, "backend": "torch"}

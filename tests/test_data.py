@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ra3d.data import RandomCameraDataModule
 from ra3d.errors import ConfigError
+from ra3d.training.data import RandomCameraDataModule
 
 
 def test_batches_are_a_function_of_the_step() -> None:

@@ -13,6 +13,7 @@ import pytest
 import trimesh
 from PIL import Image
 
+from ra3d.cli.db import main_db
 from ra3d.representations.mesh import load_mesh
 from ra3d.retrieval import database as database_module
 from ra3d.retrieval.database import (
@@ -23,7 +24,6 @@ from ra3d.retrieval.database import (
     default_database,
     safe_relative_path,
 )
-from ra3d.retrieval.db_cli import main_db
 from ra3d.retrieval.importers import (
     AssetImportWarning,
     UnsafeArchiveError,

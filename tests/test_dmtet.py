@@ -18,20 +18,20 @@ from torch import Tensor
 
 from ra3d.cameras import make_cameras
 from ra3d.errors import ConfigError
-from ra3d.metrics import silhouette_iou
-from ra3d.representations.antialias import silhouette_antialias
-from ra3d.representations.dmtet import DMTet
-from ra3d.representations.marching_tets import marching_tets
-from ra3d.representations.mesh_ops import (
+from ra3d.representations.components.antialias import silhouette_antialias
+from ra3d.representations.components.marching_tets import marching_tets
+from ra3d.representations.components.mesh_ops import (
     face_normals,
     keep_large_components,
     laplacian_smoothness,
     mesh_stats,
     normal_consistency,
 )
+from ra3d.representations.components.rasterize import nvdiffrast_available, rasterize_torch
+from ra3d.representations.components.tetgrid import tet_grid, tets_cache_dir
+from ra3d.representations.dmtet import DMTet
+from ra3d.representations.metrics import silhouette_iou
 from ra3d.representations.nerf import InstantNGPNeRF
-from ra3d.representations.rasterize import nvdiffrast_available, rasterize_torch
-from ra3d.representations.tetgrid import tet_grid, tets_cache_dir
 from tests.toys import FourierEncoding
 
 

@@ -27,16 +27,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ra3d.cameras import Cameras
-from ra3d.checkpoint import LoadedRun, RunRecord
-from ra3d.evaluation import EvalSettings, evaluate_run
-from ra3d.evaluation_cli import main_evaluate
-from ra3d.evaluation_geometry import chamfer_distance, sample_surface
-from ra3d.evaluation_report import (
+from ra3d.cli.evaluate import main_evaluate
+from ra3d.evaluation.geometry import chamfer_distance, sample_surface
+from ra3d.evaluation.report import (
     CSV_COLUMNS,
     relative_similarity_figure,
     write_comparison,
     write_run_report,
 )
+from ra3d.evaluation.run import EvalSettings, evaluate_run
 from ra3d.representations.base import RenderOutput, Representation, TriangleMesh
 from ra3d.representations.mesh import MeshAsset, MeshData
 from ra3d.retrieval.embed import Embedder
@@ -45,6 +44,7 @@ from ra3d.retrieval.view_scores import (
     relative_similarity,
     shifted_relative_similarity,
 )
+from ra3d.training.checkpoint import LoadedRun, RunRecord
 
 # The 12-azimuth orbit (sorted), the prompt matching each azimuth (front within ±45° of 0, back
 # within ±45° of 180), and what a Janus particle shows there (a' = 180 - a behind it).

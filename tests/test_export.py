@@ -24,11 +24,9 @@ import torch
 import trimesh
 
 from ra3d.cameras import Cameras, orbit_cameras
-from ra3d.checkpoint import RunRecord, load_run
 from ra3d.cli import main
 from ra3d.errors import Ra3dError
-from ra3d.export import ExportOptions, export_particles, export_representation
-from ra3d.export_bake import (
+from ra3d.export.bake import (
     bake_albedo,
     cluster_vertices,
     decimate,
@@ -36,10 +34,12 @@ from ra3d.export_bake import (
     push_pull,
     unwrap,
 )
-from ra3d.metrics import foreground_psnr, silhouette_iou
+from ra3d.export.pipeline import ExportOptions, export_particles, export_representation
 from ra3d.representations.base import RenderOutput, Representation, TriangleMesh
+from ra3d.representations.components.rasterize import Rasterizer
 from ra3d.representations.mesh import Y_UP_TO_Z_UP, MeshAsset, MeshData, load_mesh, sample_texture
-from ra3d.representations.rasterize import Rasterizer
+from ra3d.representations.metrics import foreground_psnr, silhouette_iou
+from ra3d.training.checkpoint import RunRecord, load_run
 
 BROWSER_DIR = Path(__file__).parent / "browser"
 NODE_MODULES = BROWSER_DIR / "node_modules"
@@ -280,7 +280,7 @@ def test_decimation_meets_budget_and_stays_on_the_surface(method: str) -> None:
 
 def test_export_logs_face_counts_before_and_after(tmp_path, caplog) -> None:
     rep = AnalyticTexturedMesh(*ellipsoid(4))  # 5120 faces
-    with caplog.at_level("INFO", logger="ra3d.export"):
+    with caplog.at_level("INFO", logger="ra3d.export.pipeline"):
         export_representation(
             rep,
             tmp_path,
@@ -328,8 +328,9 @@ def test_viewer_page_shows_the_textured_glb_in_chromium(tmp_path) -> None:
 
     egg = AnalyticTexturedMesh(*ellipsoid(3, (0.4, 0.4, 0.45)), two_tone)
     export_particles(
-        [egg], tmp_path, "a two-tone egg", formats=("glb",), texture_size=128, turntable=False
-    )
+        [egg], tmp_path, "a two-tone egg",
+        options=ExportOptions(formats=("glb",), texture_size=128, turntable=False),
+    )  # fmt: skip
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -489,7 +490,7 @@ def test_cli_errors_are_one_clear_message(case, nerf_checkpoint, tmp_path, capsy
 def test_interrupted_export_leaves_no_half_written_file(tmp_path, monkeypatch) -> None:
     """An exception while the OBJ's bytes are being written leaves neither a partial OBJ nor a
     temporary file, and an earlier complete file of the same name is left intact."""
-    import ra3d.export_write as writer
+    import ra3d.export.write as writer
 
     (tmp_path / "e.obj").write_text("earlier export\n")
     calls = {"n": 0}
@@ -556,7 +557,7 @@ def test_uvmesh_writer_keeps_uvs_per_vertex(ellipsoid_export) -> None:
 def test_viewer_page_without_model_viewer_shows_turntables_and_says_why(
     tmp_path, monkeypatch
 ) -> None:
-    import ra3d.export_view as view
+    import ra3d.export.viewer as view
 
     monkeypatch.setattr(view, "find_model_viewer", lambda: None)
     view.write_viewer(tmp_path, "a <b>", [tmp_path / "p.glb"], [tmp_path / "p_turntable.gif"])

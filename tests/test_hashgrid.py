@@ -1,4 +1,4 @@
-"""Tests for the Instant-NGP hash encoding (ra3d.representations.hashgrid).
+"""Tests for the Instant-NGP hash encoding (ra3d.representations.components.hashgrid).
 
 Every check compares against something computed independently: a dense trilinear lookup through
 ``torch.nn.functional.grid_sample``, a naive per-point Python implementation of the documented
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ra3d.representations import hashgrid as hg
-from ra3d.representations.hashgrid import (
+from ra3d.representations.components import hashgrid as hg
+from ra3d.representations.components.hashgrid import (
     TCNN_INSTALL_HINT,
     TRITON_REQUIREMENT,
     HashGridEncoding,
@@ -382,7 +382,7 @@ def test_tcnn_backend_refuses_cpu_tensors_and_auto_stays_torch_on_cpu(
 
 def test_auto_logs_its_choice(caplog: pytest.LogCaptureFixture) -> None:
     enc = HashGridEncoding(**TINY)
-    with caplog.at_level("INFO", logger="ra3d.representations.hashgrid"):
+    with caplog.at_level("INFO", logger="ra3d.representations.components.hashgrid"):
         enc(torch.rand(3, 3))
     assert any("torch backend on cpu" in r.getMessage() for r in caplog.records)
 
@@ -472,7 +472,7 @@ def triton_device() -> str:
     """ "cuda" (compiled kernels) or "cpu" (interpreter, when opted in); skips otherwise."""
     if not hg.triton_available():
         pytest.skip(f"triton not importable: {hg._triton_import_result()[1]}")
-    from ra3d.representations import hashgrid_triton
+    from ra3d.representations.components import hashgrid_triton
 
     if hashgrid_triton.interpreter_active():
         return "cpu"
@@ -598,7 +598,7 @@ def test_triton_double_backward_uses_torch_backward(
 ) -> None:
     """create_graph=True (analytic normals) runs the torch backend's differentiable backward;
     a plain backward runs the Triton kernel. Second derivatives equal the torch backend's."""
-    from ra3d.representations import hashgrid_triton
+    from ra3d.representations.components import hashgrid_triton
 
     calls = []
     original = hashgrid_triton.TritonHashGrid.backward
@@ -670,7 +670,7 @@ def test_triton_backend_module_behaviour(
 ) -> None:
     ref, tri = triton_pair(TINY, triton_device, torch.float32)
     tri._logged_choice = None  # triton_pair already asked for .backend, which logged
-    with caplog.at_level("INFO", logger="ra3d.representations.hashgrid"):
+    with caplog.at_level("INFO", logger="ra3d.representations.components.hashgrid"):
         x = torch.rand(2, 4, 3).to(triton_device)
         out = tri(x)
     message = f"triton backend on {triton_device}"
@@ -700,7 +700,7 @@ def test_triton_backend_without_triton_names_the_requirement(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` fail
-    monkeypatch.setitem(sys.modules, "ra3d.representations.hashgrid_triton", None)
+    monkeypatch.setitem(sys.modules, "ra3d.representations.components.hashgrid_triton", None)
     hg._triton_import_result.cache_clear()
     try:
         assert not hg.triton_available()
@@ -730,8 +730,8 @@ def test_triton_backend_without_cuda_raises(monkeypatch: pytest.MonkeyPatch) -> 
 def test_importing_and_using_ra3d_hashgrid_does_not_import_triton_backend() -> None:
     code = (
         "import sys, torch\n"
-        "from ra3d.representations.hashgrid import HashGridEncoding\n"
+        "from ra3d.representations.components.hashgrid import HashGridEncoding\n"
         "HashGridEncoding(n_levels=2, log2_hashmap_size=8)(torch.rand(3, 3))\n"
-        "assert 'ra3d.representations.hashgrid_triton' not in sys.modules\n"
+        "assert 'ra3d.representations.components.hashgrid_triton' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

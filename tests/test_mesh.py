@@ -12,6 +12,11 @@ import trimesh
 from PIL import Image
 
 from ra3d.cameras import Cameras, make_cameras
+from ra3d.representations.components.rasterize import (
+    Rasterizer,
+    nvdiffrast_available,
+    rasterize_torch,
+)
 from ra3d.representations.mesh import (
     NEUTRAL_GREY,
     Y_UP_TO_Z_UP,
@@ -22,7 +27,6 @@ from ra3d.representations.mesh import (
     resolve_up_axis,
     sample_texture,
 )
-from ra3d.representations.rasterize import Rasterizer, nvdiffrast_available, rasterize_torch
 
 RED, GREEN, BLUE, YELLOW = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 0.0)
 

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from ra3d.cameras import make_cameras
 from ra3d.representations.base import RenderOutput
+from ra3d.representations.components.volume import surface_nets
 from ra3d.representations.nerf import InstantNGPNeRF
-from ra3d.representations.volume import surface_nets
 from tests.toys import FourierEncoding
 
 ALBEDO = (0.2, 0.4, 0.6)
@@ -32,7 +32,7 @@ TinyEncoding = functools.partial(FourierEncoding, 8)  # 8 features, seed 0
 def tiny_hash_encoding(dtype: torch.dtype = torch.float32) -> nn.Module:
     """The project's hash grid at a tiny size when it exists, else the Fourier stand-in."""
     try:
-        from ra3d.representations.hashgrid import HashGridEncoding
+        from ra3d.representations.components.hashgrid import HashGridEncoding
     except ImportError:
         return TinyEncoding()
     return HashGridEncoding(
@@ -481,7 +481,7 @@ OLD_LAYOUT_FIXTURE = Path(__file__).parent / "fixtures" / "nerf_state_dict_v0.pt
 
 def _fixture_nerf() -> InstantNGPNeRF:
     """The NeRF that wrote ``fixtures/nerf_state_dict_v0.pt`` (same arguments, fresh weights)."""
-    from ra3d.representations.hashgrid import HashGridEncoding
+    from ra3d.representations.components.hashgrid import HashGridEncoding
 
     enc = HashGridEncoding(
         n_levels=2, n_features_per_level=2, log2_hashmap_size=8, base_resolution=4,

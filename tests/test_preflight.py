@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ra3d import preflight
 from ra3d.errors import ConfigError
-from ra3d.preflight import NERF_CLASS, PER_RAY_FLOATS, estimate_train_bytes
+from ra3d.training import preflight
+from ra3d.training.preflight import NERF_CLASS, PER_RAY_FLOATS, estimate_train_bytes
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -55,7 +55,7 @@ def test_full_size_configs_pass_on_an_80_gib_gpu(
 ) -> None:
     cfg = yaml.safe_load((CONFIGS / name).read_text())
     monkeypatch.setattr(preflight, "_available_bytes", lambda cfg: (80 * 2**30, "free GPU memory"))
-    with caplog.at_level(logging.WARNING, logger="ra3d.preflight"):
+    with caplog.at_level(logging.WARNING, logger="ra3d.training.preflight"):
         preflight.check_resources(cfg, "fit")
     # The coarse stage's 512 px phase with all 512 samples would need ~350 GiB: a warning.
     assert ("may need up to" in caplog.text) == (name == "coarse_nerf.yaml")
@@ -76,7 +76,7 @@ def test_shipped_configs_weight_only_terms_their_parts_compute(path: Path, tiny_
     tiny prior in place of Stable Diffusion."""
     import importlib
 
-    from ra3d.system import SYSTEM_LOSS_KEYS
+    from ra3d.training.system import SYSTEM_LOSS_KEYS
 
     def build(spec: dict, **override):
         module, _, name = spec["class_path"].rpartition(".")

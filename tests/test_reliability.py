@@ -25,14 +25,14 @@ import pytest
 import torch
 import yaml
 
-from ra3d.callbacks import DivergenceGuard, FinalCheckpoint, save_checkpoint_atomic
-from ra3d.checkpoint import read_checkpoint
 from ra3d.cli import main
-from ra3d.data import RandomCameraDataModule
 from ra3d.errors import RunFolderBusy, TrainingDiverged
 from ra3d.retrieval.importers import import_sh3f
-from ra3d.runlock import RunLock
-from ra3d.system import RA3DSystem
+from ra3d.training.callbacks import DivergenceGuard, FinalCheckpoint, save_checkpoint_atomic
+from ra3d.training.checkpoint import read_checkpoint
+from ra3d.training.data import RandomCameraDataModule
+from ra3d.training.run_folder import RunLock
+from ra3d.training.system import RA3DSystem
 from tests.toys import ColorField, NoisyTargetGuidance
 
 
@@ -47,7 +47,7 @@ def toy_config(tmp: Path, **overrides: object) -> Path:
             "enable_progress_bar": False,
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                        "init_args": {"save_dir": str(tmp / "out"), "name": "toy"}},
-            "callbacks": [{"class_path": "ra3d.callbacks.FinalCheckpoint",
+            "callbacks": [{"class_path": "ra3d.training.callbacks.FinalCheckpoint",
                            "init_args": {"every_n_train_steps": 2}}],
         },
         "model": {
@@ -357,7 +357,7 @@ def _child(argv: list[str], log: str, stall_second_save: bool) -> None:
     os.dup2(fd, 2)
     sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     if stall_second_save:
-        import ra3d.callbacks as callbacks
+        import ra3d.training.callbacks as callbacks
 
         fsync = callbacks._fsync_file
 
@@ -379,7 +379,9 @@ def stopped_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[in
     interpreters cost ~3x the import time on a loaded machine). Returns, per case, the exit code,
     the output and the folder."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["ra3d.cli", "ra3d.system", "tests.toys", "lightning.pytorch"])
+    ctx.set_forkserver_preload(
+        ["ra3d.cli", "ra3d.training.system", "tests.toys", "lightning.pytorch"]
+    )
     cases = {
         "SIGTERM": (signal.SIGTERM, "wrote validation orbit"),
         "SIGINT": (signal.SIGINT, "wrote validation orbit"),
@@ -536,7 +538,7 @@ def test_prompt_over_the_text_encoder_limit_is_announced(
 
 # ------------------------------------------------------------------ progress bar
 def test_progress_bar_counts_steps_and_shows_loss_and_seconds_per_step(tmp_path: Path) -> None:
-    from ra3d.progress import StepProgressBar
+    from ra3d.training.progress import StepProgressBar
 
     bar = StepProgressBar()
     trainer = pl.Trainer(max_steps=5, accelerator="cpu", default_root_dir=tmp_path,

@@ -529,7 +529,7 @@ def test_starter_library_teddy_bear(
 def test_cli_retrieve_json_table_and_previews(
     cache_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from ra3d.retrieval.retrieve_cli import main_retrieve
+    from ra3d.cli.retrieve import main_retrieve
 
     assert main_retrieve(["a teddy bear", "-k", "3", "--embedder", "minilm", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -10,15 +10,16 @@ import pytest
 import torch
 import trimesh
 
-from ra3d.callbacks import FinalCheckpoint
-from ra3d.checkpoint import read_checkpoint
-from ra3d.data import RandomCameraDataModule
+from ra3d.augmentation.assets import RetrievalConfig
 from ra3d.errors import CheckpointError, ConfigError
+from ra3d.representations.convert import ConversionOptions
 from ra3d.representations.dmtet import DMTet
 from ra3d.representations.nerf import InstantNGPNeRF
-from ra3d.retrieval.fit import RetrievalConfig
-from ra3d.stages import guidance_image
-from ra3d.system import RA3DSystem
+from ra3d.training.callbacks import FinalCheckpoint
+from ra3d.training.checkpoint import read_checkpoint
+from ra3d.training.data import RandomCameraDataModule
+from ra3d.training.stages import guidance_image
+from ra3d.training.system import RA3DSystem
 from tests.toys import ColorField, NoisyTargetGuidance
 
 ENCODING = {"n_levels": 2, "n_features_per_level": 2, "log2_hashmap_size": 8, "backend": "torch"}
@@ -26,7 +27,7 @@ NERF = functools.partial(InstantNGPNeRF, radius=1.0, n_samples_per_ray=16, encod
                          hidden_dim=16, normal_type="none", use_occupancy_grid=False)  # fmt: skip
 FINE = functools.partial(DMTet, grid_resolution=12, encoding=ENCODING, hidden_dim=16,
                          backend="torch")  # fmt: skip
-OPTIONS = {"threshold": 3.0, "margin": 0.1}
+OPTIONS = ConversionOptions(threshold=3.0, margin=0.1)
 
 
 def _fit(root: Path, system: RA3DSystem, steps: int, ckpt: Path | None = None) -> Path:
@@ -67,12 +68,12 @@ def test_fine_run_inherits_prompt_assets_and_assignment(
 ) -> None:
     ckpt, _ = coarse
     record, _, _ = read_checkpoint(ckpt)
-    import ra3d.augmentation
+    import ra3d.augmentation.retrieval_augmentation
 
     def no_retrieval(*args, **kwargs):
         raise AssertionError("a later stage must not retrieve again")
 
-    monkeypatch.setattr(ra3d.augmentation, "retrieve_assets", no_retrieval)
+    monkeypatch.setattr(ra3d.augmentation.retrieval_augmentation, "retrieve_assets", no_retrieval)
     system = fine_system(ckpt)
     assert system.prompt == "a box" and all(isinstance(p, DMTet) for p in system.particles)
     fine_ckpt = _fit(tmp_path, system, 2)

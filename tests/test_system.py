@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ra3d.callbacks import FinalCheckpoint
-from ra3d.data import RandomCameraDataModule
 from ra3d.errors import CheckpointError, ConfigError
-from ra3d.system import RA3DSystem
+from ra3d.training.callbacks import FinalCheckpoint
+from ra3d.training.data import RandomCameraDataModule
+from ra3d.training.system import RA3DSystem
 from tests.toys import ColorField, NoisyTargetGuidance
 
 

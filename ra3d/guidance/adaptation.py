@@ -62,7 +62,7 @@ from ra3d.guidance.prior import DiffusionPrior, ra3d_cache_dir
 from ra3d.guidance.sds import VIEW_ADAPTER, check_finite
 from ra3d.representations.mesh import SHADINGS, MeshAsset
 
-logger = logging.getLogger("ra3d.guidance.adaptation")
+logger = logging.getLogger(__name__)
 
 _RENDER_CHUNK = 8  # views rendered / encoded per batch (bounds memory at 512 px)
 

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from ra3d.cameras import Cameras
+from ra3d.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ra3d.guidance.prior import DiffusionPrior
 
 
 @dataclass
@@ -59,3 +65,20 @@ class Guidance(nn.Module, ABC):
 
     def update_step(self, epoch: int, global_step: int, max_steps: int) -> None:
         """Called once per training step (time-step annealing)."""
+
+    def trainable_parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimizer groups (``{"params": [...], "lr": ..., "name": ...}``) of what the guidance
+        itself learns during the fit (VSD's LoRA score model ζ); none by default."""
+        return []
+
+    def view_adapter_prior(self) -> DiffusionPrior | None:
+        """The diffusion prior a view adapter ω (Eq. 12) is trained on and loaded into, or None
+        for a guidance without one (then a fit cannot adapt)."""
+        return None
+
+    def set_view_adapter(self, path: str | Path | None) -> None:
+        """Use the view adapter ω saved at ``path`` in the prior term (None: the base prior)."""
+        raise ConfigError(
+            f"{type(self).__name__} has no diffusion prior to adapt; the view adapter (Eq. 12) "
+            "needs SDS or VSD guidance: set model.adaptation.enabled false"
+        )

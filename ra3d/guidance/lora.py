@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from ra3d.cameras import Cameras
 
-logger = logging.getLogger("ra3d.guidance.lora")
+logger = logging.getLogger(__name__)
 
 #: Attention projections that carry LoRA in ProlificDreamer (every self/cross attention of the UNet).
 LORA_TARGET_MODULES: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")

@@ -34,7 +34,7 @@ from ra3d.errors import ConfigError, ModelNotFoundError, OfflineModelError
 if TYPE_CHECKING:
     from ra3d.guidance.lora import AdapterManager
 
-logger = logging.getLogger("ra3d.guidance.prior")
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 

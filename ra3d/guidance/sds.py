@@ -37,7 +37,7 @@ from ra3d.guidance.prior import DiffusionPrior
 from ra3d.guidance.prompts import PromptEmbeddings
 from ra3d.schedule import Scheduled, check_scheduled, scheduled_value
 
-logger = logging.getLogger("ra3d.guidance.sds")
+logger = logging.getLogger(__name__)
 
 #: w(t) choices. "sds": 1 − ᾱ_t = σ_t² (DreamFusion); "uniform": 1; "fantasia3d": √ᾱ_t (1 − ᾱ_t).
 WEIGHTINGS: tuple[str, ...] = ("sds", "uniform", "fantasia3d")
@@ -368,6 +368,9 @@ class SDSGuidance(Guidance):
         self.prior_adapters = [VIEW_ADAPTER]
         self.view_adapter_path = str(path)
         logger.info("prior term uses base + view adapter ω from %s", path)
+
+    def view_adapter_prior(self) -> DiffusionPrior:
+        return self.prior
 
     @property
     def loss_term_names(self) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-logger = logging.getLogger("ra3d.guidance.tiny")
+logger = logging.getLogger(__name__)
 
 #: Stable Diffusion's training noise schedule ("scaled_linear" from 0.00085 to 0.012, T = 1000).
 SD_SCHEDULER_CONFIG: dict[str, object] = {

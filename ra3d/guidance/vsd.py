@@ -85,7 +85,7 @@ from ra3d.guidance.sds import (
 )
 from ra3d.schedule import Scheduled, scheduled_value
 
-logger = logging.getLogger("ra3d.guidance.vsd")
+logger = logging.getLogger(__name__)
 
 #: Adapter names on the shared UNet: ζ (the VSD score model) and ω (view adaptation, Eq. 12).
 VSD_ADAPTER = "vsd"

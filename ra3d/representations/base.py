@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ra3d.cameras import Cameras
+from ra3d.errors import CheckpointError, ConfigError
 
 
 @dataclass
@@ -59,10 +61,28 @@ class TriangleMesh:
 class Representation(nn.Module, ABC):
     """A differentiable 3D representation θ with a renderer g(θ, ψ).
 
-    Subclasses implement :meth:`render`; they may override :meth:`regularizers` (loss terms that
-    depend only on θ and the render, e.g. sparsity), :meth:`update_step` (schedules such as the
-    occupancy grid) and :meth:`extract_mesh` (for the NeRF→DMTet hand-over and export).
+    Subclasses implement :meth:`render`. Everything else a representation *may* be able to do is
+    declared here with a default, so callers ask and never probe with ``hasattr``:
+
+    * :meth:`regularizers` / :attr:`regularizer_names` — loss terms that depend only on θ and the
+      render (e.g. sparsity); none by default;
+    * :meth:`update_step` — schedules such as the occupancy grid; nothing by default;
+    * :attr:`radius` — the bounding sphere the representation lives in (the assets must fit
+      inside it); ``None`` when it has none;
+    * :attr:`has_density` / :meth:`density` — a volume density field (a NeRF's), which a mesh
+      stage can be initialised from; none by default;
+    * :meth:`freeze_geometry` — keep the geometry fixed and train only the colour (the DMTet
+      texture phase); refused by default;
+    * :meth:`create_from` — build this representation from an earlier stage's (threestudio's
+      ``create_from``); by default only from one of the same class;
+    * :meth:`query_albedo`, :meth:`extract_mesh` — a colour field and a surface (export, the
+      coarse → fine hand-over); refused with a clear message by default.
     """
+
+    #: Radius of the bounding sphere (world units) the representation fills; None if unbounded.
+    radius: float | None = None
+    #: Whether :meth:`density` is a volume density field.
+    has_density: bool = False
 
     @abstractmethod
     def render(self, cameras: Cameras) -> RenderOutput:
@@ -80,6 +100,44 @@ class Representation(nn.Module, ABC):
 
     def update_step(self, epoch: int, global_step: int) -> None:
         """Called once at the start of every training step (schedules, occupancy updates)."""
+
+    def density(self, points: Tensor) -> Tensor:
+        """Volume density ``[N]`` at world ``points [N, 3]`` (see :attr:`has_density`)."""
+        raise ConfigError(
+            f"{type(self).__name__} has no volume density field; a density is what a NeRF has"
+        )
+
+    def freeze_geometry(self, frozen: bool = True) -> None:
+        """Keep the geometry fixed (``frozen``) or trainable again; only the colour then learns."""
+        raise ConfigError(
+            f"{type(self).__name__} cannot freeze its geometry; freeze_geometry is for the DMTet "
+            "texture phase"
+        )
+
+    @classmethod
+    def create_from(
+        cls, source: Representation, init_args: dict[str, Any], options: Any = None
+    ) -> Representation:
+        """A new ``cls(**init_args)`` that continues ``source``, an earlier stage's particle.
+
+        The default takes over a particle of the same class by copying its state (the texture
+        phase from the geometry phase); a subclass that can convert another kind overrides it
+        (DMTet from a NeRF's density, with ``options``). Anything else is refused clearly.
+        """
+        if not isinstance(source, cls):
+            raise CheckpointError(
+                f"cannot initialise a {cls.__name__} from a {type(source).__name__} checkpoint; "
+                "init_from takes a coarse NeRF checkpoint (or a DMTet one for the texture phase)"
+            )
+        particle = cls(**init_args)
+        try:
+            particle.load_state_dict(source.state_dict(), strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"the earlier {cls.__name__} does not fit this config's "
+                f"({str(err).splitlines()[0]}); use the same grid/encoding settings"
+            ) from err
+        return particle
 
     def query_albedo(self, points: Tensor) -> Tensor:
         """Surface colour ``[N, 3]`` in [0, 1] at world ``points [N, 3]`` (texture baking for

@@ -7,7 +7,7 @@ for rgb / opacity / depth / normals. The paper's losses then apply unchanged: sc
 normal maps (geometry phase) or RGB (texture phase, geometry fixed) and the asset term of Eq. 11 on
 silhouettes, normals and colours.
 
-* **Grid.** :func:`ra3d.representations.tetgrid.tet_grid` with ``grid_resolution`` cubes per side,
+* **Grid.** :func:`ra3d.representations.components.tetgrid.tet_grid` with ``grid_resolution`` cubes per side,
   mapped into ``bbox`` (``[2, 3]``, a checkpointed buffer; :meth:`from_nerf` tightens it around the
   coarse object). Vertices on the grid's faces are kept outside so the surface is closed.
 * **Deformation.** ``p_v = x_v + tanh(Δ_v) · deformation_scale · cell`` with ``cell`` the grid's
@@ -15,16 +15,16 @@ silhouettes, normals and colours.
   hence the default 0.5). No tetrahedron can invert below 0.25 (a Kuhn tetrahedron's smallest
   altitude is ``cell / √2``); above it folds are possible but the extracted mesh stays closed and
   manifold combinatorially (the triangle table does not depend on the geometry).
-* **Surface.** :func:`ra3d.representations.marching_tets.marching_tets` on the tetrahedra of the
+* **Surface.** :func:`ra3d.representations.components.marching_tets.marching_tets` on the tetrahedra of the
   cubes the surface crosses; vertices are differentiable in ``s`` and ``Δ``.
-* **Colour.** The shared :class:`~ra3d.representations.material.TextureField` evaluated at the
+* **Colour.** The shared :class:`~ra3d.representations.components.material.TextureField` evaluated at the
   interpolated surface point of every pixel (albedo, no lighting), composited over the shared
   background (random solid colours in training, like the NeRF).
 
 What gets gradients (w.r.t. ``s`` and ``Δ`` through the surface vertices): ``depth`` (distance from
 the camera along the unit ray to the interpolated point), ``normal`` (interpolated area-weighted
 vertex normals, world space), the colour (texture field at the interpolated point, and the field's
-own weights) and, through :func:`ra3d.representations.antialias.silhouette_antialias` (on by
+own weights) and, through :func:`ra3d.representations.components.antialias.silhouette_antialias` (on by
 default, same code for the torch and nvdiffrast backends), ``opacity`` and ``rgb_foreground`` at
 silhouette pixels. Without antialiasing, coverage is a hard 0/1 with no positional gradient.
 """
@@ -40,27 +40,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ra3d.cameras import Cameras
-from ra3d.representations.antialias import silhouette_antialias
-from ra3d.representations.background import (
+from ra3d.representations.base import RenderOutput, Representation, TriangleMesh
+from ra3d.representations.components.antialias import silhouette_antialias
+from ra3d.representations.components.background import (
     BACKGROUNDS,
     augment_background,
     make_background,
     validate_color,
 )
-from ra3d.representations.base import RenderOutput, Representation, TriangleMesh
-from ra3d.representations.marching_tets import marching_tets
-from ra3d.representations.material import TextureField
-from ra3d.representations.mesh_ops import (
+from ra3d.representations.components.marching_tets import marching_tets
+from ra3d.representations.components.material import TextureField
+from ra3d.representations.components.mesh_ops import (
     keep_large_components,
     laplacian_smoothness,
     mesh_stats,
     normal_consistency,
     vertex_normals,
 )
-from ra3d.representations.rasterize import Rasterizer
-from ra3d.representations.tetgrid import tet_grid
+from ra3d.representations.components.rasterize import Rasterizer
+from ra3d.representations.components.tetgrid import tet_grid
+from ra3d.representations.convert import ConversionOptions, dmtet_from_nerf
 
-logger = logging.getLogger("ra3d.representations.dmtet")
+logger = logging.getLogger(__name__)
 
 #: Value given to vertices that must stay outside (grid boundary, removed floaters).
 OUTSIDE = 1.0
@@ -278,7 +279,7 @@ class DMTet(Representation):
     # ------------------------------------------------------------------ training hooks
     def regularizers(self, output: RenderOutput) -> dict[str, Tensor]:
         """threestudio's mesh regularizers on the surface of this render (unweighted; see
-        :mod:`ra3d.representations.mesh_ops` for the formulas)."""
+        :mod:`ra3d.representations.components.mesh_ops` for the formulas)."""
         if "mesh_vertices" in output.extras:
             vertices, faces = output.extras["mesh_vertices"], output.extras["mesh_faces"]
         else:
@@ -319,9 +320,21 @@ class DMTet(Representation):
         )
 
     @classmethod
-    def from_nerf(cls, nerf: nn.Module, **kwargs: Any) -> DMTet:
+    def from_nerf(cls, nerf: Representation, **kwargs: Any) -> DMTet:
         """The fine-stage DMTet initialised from a coarse NeRF; see
-        :func:`ra3d.representations.nerf_to_dmtet.dmtet_from_nerf` for the arguments."""
-        from ra3d.representations.nerf_to_dmtet import dmtet_from_nerf
+        :func:`ra3d.representations.convert.dmtet_from_nerf` for the arguments."""
+        return dmtet_from_nerf(cls, nerf, **kwargs)
 
-        return dmtet_from_nerf(nerf, **kwargs)
+    @classmethod
+    def create_from(
+        cls, source: Representation, init_args: dict[str, Any], options: Any = None
+    ) -> Representation:
+        """A DMTet from an earlier DMTet (its state) or from a NeRF's density (the coarse → fine
+        hand-over, with the conversion ``options``, a
+        :class:`~ra3d.representations.convert.ConversionOptions`)."""
+        if isinstance(source, DMTet) or not source.has_density:
+            return super().create_from(source, init_args, options)
+        # The conversion places the grid itself (the NeRF's radius, a box tightened around it).
+        kwargs = {k: v for k, v in init_args.items() if k not in ("radius", "bbox")}
+        opts = options if options is not None else ConversionOptions()
+        return cls.from_nerf(source, **kwargs, **opts.as_kwargs())

@@ -50,9 +50,9 @@ from torch import Tensor
 
 from ra3d.cameras import Cameras
 from ra3d.representations.base import RenderOutput, Representation, TriangleMesh
-from ra3d.representations.rasterize import Fragments, Rasterizer
+from ra3d.representations.components.rasterize import Fragments, Rasterizer
 
-logger = logging.getLogger("ra3d.representations.mesh")
+logger = logging.getLogger(__name__)
 
 NEUTRAL_GREY = 0.7
 UP_AXES: tuple[str, ...] = ("auto", "y", "z")

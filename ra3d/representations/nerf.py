@@ -6,17 +6,17 @@ albedo, neural environment map background, NeRF volume renderer):
 
 * **Field.** Points ``x`` inside the bounding sphere of ``radius`` are mapped to ``[0, 1]^3``
   through the bounding cube and encoded by a multiresolution hash grid
-  (:class:`ra3d.representations.hashgrid.HashGridEncoding`, or any injected module with
+  (:class:`ra3d.representations.components.hashgrid.HashGridEncoding`, or any injected module with
   ``forward([N, 3]) -> [N, n_output_dims]``). A small MLP predicts a raw density and a second one
   the albedo logits. The density is ``act(raw(x) + bias(x))`` where the *blob* bias
   (Magic3D: ``s (1 - |x| / std)``; DreamFusion: ``s exp(-|x|² / 2 std²)``) starts optimisation
   from a ball of matter at the centre instead of empty space or fog.
 * **Renderer.** Stratified samples between the ray's entry and exit of the bounding sphere,
-  alpha compositing (see :mod:`ra3d.representations.volume`), an occupancy grid that skips empty
+  alpha compositing (see :mod:`ra3d.representations.components.volume`), an occupancy grid that skips empty
   space (the field is evaluated only at occupied samples), and the background composited as
   ``rgb = Σ w c + (1 - opacity) · bg``.
 * **Texture field.** The encoding and the albedo head form a
-  :class:`~ra3d.representations.material.TextureField` (``self.texture``) that the fine-stage DMTet
+  :class:`~ra3d.representations.components.material.TextureField` (``self.texture``) that the fine-stage DMTet
   composes too; the density MLP reads the same encoding. Checkpoints written before this split
   (keys ``encoding.*`` / ``feature_network.*``) are migrated on load (:meth:`_load_from_state_dict`).
 * **Material.** ``"albedo"`` (default, threestudio's "no-material": the colour is
@@ -44,16 +44,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ra3d.cameras import Cameras
-from ra3d.representations.background import (
+from ra3d.representations.base import RenderOutput, Representation, TriangleMesh
+from ra3d.representations.components.background import (
     BACKGROUNDS,
     augment_background,
     make_background,
     make_mlp,
     validate_color,
 )
-from ra3d.representations.base import RenderOutput, Representation, TriangleMesh
-from ra3d.representations.material import DEFAULT_ENCODING, TextureField, build_encoding
-from ra3d.representations.volume import (
+from ra3d.representations.components.material import DEFAULT_ENCODING, TextureField, build_encoding
+from ra3d.representations.components.volume import (
     OccupancyGrid,
     compositing_weights,
     ray_sphere_bounds,
@@ -61,7 +61,7 @@ from ra3d.representations.volume import (
     surface_nets,
 )
 
-logger = logging.getLogger("ra3d.representations.nerf")
+logger = logging.getLogger(__name__)
 
 DENSITY_ACTIVATIONS: tuple[str, ...] = ("softplus", "exp", "trunc_exp")
 DENSITY_BIASES: tuple[str, ...] = ("blob_magic3d", "blob_dreamfusion")
@@ -131,6 +131,8 @@ class InstantNGPNeRF(Representation):
         backend: forwarded to ``HashGridEncoding`` (``"auto"`` picks tiny-cuda-nn on CUDA when
             installed) unless ``encoding`` names its own; the marcher itself is pure PyTorch.
     """
+
+    has_density = True
 
     def __init__(
         self,
@@ -538,7 +540,7 @@ class InstantNGPNeRF(Representation):
 
         The density is sampled on a ``resolution^3`` grid over the bounding cube (zero outside the
         sphere, where the renderer never looks) and meshed by surface nets
-        (:func:`ra3d.representations.volume.surface_nets`); vertex colours are the albedo there.
+        (:func:`ra3d.representations.components.volume.surface_nets`); vertex colours are the albedo there.
         threestudio hands the NeRF over to DMTet with the same threshold of 25.
         """
         threshold = 25.0 if threshold is None else float(threshold)

@@ -39,7 +39,7 @@ from ra3d.retrieval.view_scores import (
     shifted_relative_similarity,
 )
 
-logger = logging.getLogger("ra3d.retrieval.align")
+logger = logging.getLogger(__name__)
 
 
 def relative_view_scores(view_emb: Tensor, prompt_emb: Tensor) -> Tensor:

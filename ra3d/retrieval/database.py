@@ -36,7 +36,7 @@ from typing import Any
 
 from ra3d.errors import Ra3dError
 
-logger = logging.getLogger("ra3d.retrieval.database")
+logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.jsonl"
 MANIFEST_VERSION = 1

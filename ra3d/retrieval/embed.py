@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ra3d.errors import CheckpointError, ConfigError, OfflineModelError, Ra3dError
 
-logger = logging.getLogger("ra3d.retrieval.embed")
+logger = logging.getLogger(__name__)
 
 DEFAULT_CLIP_MODEL = "ViT-L-14"
 DEFAULT_CLIP_PRETRAINED = "openai"

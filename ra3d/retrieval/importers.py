@@ -44,7 +44,7 @@ from ra3d.retrieval.database import (
     validate_uid,
 )
 
-logger = logging.getLogger("ra3d.retrieval.importers")
+logger = logging.getLogger(__name__)
 
 MESH_SUFFIXES = frozenset({".obj", ".glb", ".gltf", ".ply", ".stl", ".off"})
 MeshValidator = Callable[[Path], Any]

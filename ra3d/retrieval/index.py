@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ra3d.errors import ConfigError, Ra3dError
 
-logger = logging.getLogger("ra3d.retrieval.index")
+logger = logging.getLogger(__name__)
 
 INDEX_FORMAT_VERSION = 1
 META_FILE = "index.json"

@@ -55,7 +55,7 @@ from ra3d.retrieval.index import (
     load_index,
 )
 
-logger = logging.getLogger("ra3d.retrieval.search")
+logger = logging.getLogger(__name__)
 
 CACHE_SUBDIR = "retrieval"
 

@@ -1,0 +1,251 @@
+"""The retrieval-augmented parts of a run: assets θ_ret, assignment π, adapter ω (Sec. 4.1–4.3).
+
+:class:`RetrievalAugmentation` is composed into the Lightning system. Before the first step it
+
+1. obtains the N assets — from the checkpoint being resumed or initialised from (never retrieving
+   again), else by retrieval or from the user's meshes (:mod:`ra3d.augmentation.assets`);
+2. builds each as a :class:`~ra3d.representations.mesh.MeshAsset` normalised to ``asset_radius``
+   and rotated to face azimuth 0, so it renders through the same cameras as the particles;
+3. fixes π (Eq. 10): recorded, or computed from step-0 render distances (:mod:`ra3d.augmentation.asset_term`);
+4. with ``adaptation`` on, trains (or reuses from the cache) the view adapter ω of Eq. 12 on ~100
+   renders of the assets and hands it, frozen, to the guidance's prior term;
+5. writes ``retrieved.json``, the preview strips and the adapter into the run folder.
+
+During training it renders each particle's assigned asset at the step's cameras, for the asset
+term (Eq. 11) and as the reference of delta distillation (Eq. 13).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from ra3d.augmentation.asset_term import AssetTerm
+from ra3d.augmentation.assets import (
+    RetrievalConfig,
+    check_recorded_assets,
+    retrieve_assets,
+    write_retrieval_outputs,
+)
+from ra3d.cameras import Cameras
+from ra3d.errors import ConfigError
+from ra3d.guidance.base import Guidance
+from ra3d.representations.base import RenderOutput, Representation
+from ra3d.retrieval.base import RetrievedAsset
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_FILE = "adapter/view_adapter.safetensors"
+
+
+@dataclass
+class AdaptationConfig:
+    """The ``model.adaptation`` section: lightweight adaptation of the prior (Eq. 12).
+
+    Args:
+        enabled: train ω on the retrieved assets' renders before the fit (cached).
+        n_views: renders per asset, uniformly distributed on the sphere band (the paper: 100).
+        steps: optimisation steps of ω; None = the adaptation module's default.
+        lr: learning rate of ω.
+        rank: LoRA rank of ω.
+        batch_size: renders per step.
+        seed: seeds the cameras' order, t and ε of the adaptation.
+    """
+
+    enabled: bool = True
+    n_views: int = 100
+    steps: int | None = None
+    lr: float = 1e-4
+    rank: int = 4
+    batch_size: int = 4
+    seed: int = 0
+
+
+def mesh_for(asset: RetrievedAsset, radius: float) -> Representation:
+    """The MeshAsset of a retrieved asset at the run's scale and frontal rotation."""
+    from ra3d.representations.mesh import MeshAsset
+
+    up_axis = str(asset.extras.get("up_axis", "auto")) if asset.extras else "auto"
+    return MeshAsset.from_retrieved(asset, radius=radius, up_axis=up_axis)
+
+
+class RetrievalAugmentation(nn.Module):
+    """Assets, π and ω of one run (see the module docstring)."""
+
+    def __init__(self, config: RetrievalConfig, adaptation: AdaptationConfig | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.adaptation = adaptation
+        self.meshes = nn.ModuleList()  # MeshAssets: buffers only, never checkpointed
+        self.assets: list[RetrievedAsset] = []
+        self.assignment: list[int] = []
+        self.database_info: dict[str, Any] = {}
+        self.adapter: dict[str, Any] | None = None
+        self.query: str = ""
+        #: the scale of this run's assets: the config's, or the one a checkpoint recorded
+        self.asset_radius = float(config.asset_radius)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.assets) and len(self.assignment) > 0
+
+    # ------------------------------------------------------------------ before the first step
+    def prepare(
+        self,
+        prompt: str,
+        particles: list[Representation],
+        asset_term: AssetTerm,
+        guidance: Guidance,
+        run_dir: Path | None,
+        recorded: dict[str, Any] | None = None,
+        recorded_adapter: dict[str, Any] | None = None,
+    ) -> None:
+        """Steps 1–5 of the module docstring. ``recorded`` is a checkpoint's retrieval record
+        (resume or ``init_from``); then nothing is retrieved again."""
+        self.config.validate(len(particles))
+        _check_scale(self.config.asset_radius, particles)
+        fresh = recorded is None
+        self.asset_radius = float(self.config.asset_radius)
+        if fresh:
+            self.assets, self.database_info = retrieve_assets(self.config, prompt, len(particles))
+            self.query = self.config.prompt or prompt
+        else:
+            self.assets = check_recorded_assets(recorded)
+            self.database_info = dict(recorded.get("database") or {})
+            self.query = str(recorded.get("prompt", prompt))
+            radius = float(recorded.get("asset_radius", self.config.asset_radius))
+            if radius != self.config.asset_radius:
+                logger.info("using the recorded asset radius %.3g", radius)
+            self.asset_radius = radius
+            logger.info("reusing the %d recorded asset(s): %s", len(self.assets),
+                        ", ".join(a.uid for a in self.assets))  # fmt: skip
+        device = next((b.device for p in particles for b in p.parameters()), None)
+        self.meshes = nn.ModuleList(mesh_for(a, self.asset_radius) for a in self.assets)
+        if device is not None:
+            self.meshes.to(device)
+        if fresh or not recorded.get("assignment"):
+            self.assignment = asset_term.assign(particles, list(self.meshes))
+        else:
+            self.assignment = [int(i) for i in recorded["assignment"]]
+        if len(self.assignment) != len(particles) or any(
+            not 0 <= i < len(self.assets) for i in self.assignment
+        ):
+            raise ConfigError(
+                f"the recorded assignment {self.assignment} does not fit {len(particles)} "
+                f"particle(s) and {len(self.assets)} asset(s); was the particle count changed?"
+            )
+        logger.info("assignment π: %s", ", ".join(f"particle {i} → {self.assets[n].uid}"
+                                                 for i, n in enumerate(self.assignment)))  # fmt: skip
+        if self.adaptation is not None and self.adaptation.enabled:
+            self._adapt(guidance, run_dir, recorded_adapter)
+        elif recorded_adapter:
+            # Not used in this run (e.g. normal-map guidance), but kept in the record so that a
+            # later stage inherits ω without training it again.
+            self.adapter = dict(recorded_adapter)
+        if run_dir is not None:
+            write_retrieval_outputs(run_dir, self.assets, self.assignment, list(self.meshes),
+                                    self.config.preview_size)  # fmt: skip
+
+    def _adapt(
+        self, guidance: Guidance, run_dir: Path | None, recorded: dict[str, Any] | None
+    ) -> None:
+        """Eq. 12: ω from the cache (or trained now), loaded frozen into the guidance."""
+        prior = guidance.view_adapter_prior()
+        if prior is None:
+            raise ConfigError(
+                f"adaptation needs a diffusion guidance with a view adapter (SDS or VSD), got "
+                f"{type(guidance).__name__}; set model.adaptation.enabled false"
+            )
+        if recorded and recorded.get("path") and Path(recorded["path"]).is_file():
+            path = Path(recorded["path"])
+            logger.info("reusing the run's view adapter ω %s", path)
+            self.adapter = dict(recorded)
+        else:
+            from ra3d.guidance.adaptation import (
+                AdaptationSettings,
+                asset_fingerprint,
+                cached_adapt,
+            )
+
+            overrides = {
+                k: v for k, v in asdict(self.adaptation).items() if k != "enabled" and v is not None
+            }
+            # The view words of e(c_ret, ψ) follow the guidance's own rule (Eq. 12 vs Eq. 2).
+            settings = AdaptationSettings.for_guidance(guidance, **overrides)
+            pairs = [
+                (mesh, asset.caption or self.query)
+                for mesh, asset in zip(self.meshes, self.assets, strict=True)
+            ]
+            prints = [
+                asset_fingerprint(
+                    a.mesh_path,
+                    a.front_azimuth_deg,
+                    self.asset_radius,
+                    up_axis=str((a.extras or {}).get("up_axis", "auto")),
+                )
+                for a in self.assets
+            ]
+            result = cached_adapt(prior, pairs, prints, settings)
+            path = Path(result.path)
+            self.adapter = {"path": str(path), "key": path.stem}
+        if run_dir is not None:
+            copy = run_dir / ADAPTER_FILE
+            if copy.resolve() != path.resolve():
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, copy)
+                from ra3d.guidance.adaptation import sidecar_path
+
+                if sidecar_path(path).is_file():
+                    shutil.copyfile(sidecar_path(path), sidecar_path(copy))
+            self.adapter = {**(self.adapter or {}), "path": str(copy.resolve())}
+            path = copy
+        guidance.set_view_adapter(path)
+        logger.info("prior term uses base + ω (%s)", path)
+
+    # ------------------------------------------------------------------ during training
+    def render_assigned(self, cameras: Cameras) -> list[RenderOutput]:
+        """The assigned asset of every particle rendered at ``cameras`` (each asset once)."""
+        cache: dict[int, RenderOutput] = {}
+        for n in self.assignment:
+            if n not in cache:
+                cache[n] = self.meshes[n].render(cameras)
+        return [cache[n] for n in self.assignment]
+
+    @staticmethod
+    def reference_rgb(asset_out: RenderOutput, particle_out: RenderOutput) -> Tensor:
+        """The asset's foreground over the particle's own background (detached), so that delta
+        distillation (Eq. 13) compares the two objects, not their backgrounds."""
+        fg = asset_out.extras.get("rgb_foreground")
+        bg = particle_out.extras.get("background")
+        if fg is None or bg is None:
+            return asset_out.rgb.detach()
+        return (fg + (1.0 - asset_out.opacity) * bg.to(fg.dtype)).detach()
+
+    def record(self) -> dict[str, Any] | None:
+        """The checkpoint's retrieval record (see :class:`ra3d.training.checkpoint.RunRecord`)."""
+        if not self.ready:
+            return None
+        return {
+            "assets": [a.to_json() for a in self.assets],
+            "assignment": list(self.assignment),
+            "asset_radius": float(self.asset_radius),
+            "prompt": self.query,
+            "database": self.database_info,
+        }
+
+
+def _check_scale(asset_radius: float, particles: list[Representation]) -> None:
+    """Scales must agree: the assets must fit inside every particle's bounding volume."""
+    for particle in particles:
+        radius = particle.radius
+        if radius is not None and asset_radius >= float(radius):
+            raise ConfigError(
+                f"retrieval.asset_radius ({asset_radius}) must be smaller than the "
+                f"representation's radius ({radius}), or the asset would be cut off; "
+                "the default 0.5 fits the NeRF's radius 1"
+            )

@@ -1,0 +1,220 @@
+"""Checks of a parsed ``ra3d fit|validate|test|predict`` configuration, before anything heavy.
+
+LightningCLI instantiates the guidance (loading a diffusion prior takes ~30 s and gigabytes) before
+the system checks its own arguments, and Lightning only notices an impossible render size when
+memory runs out minutes later. These checks read the merged configuration (a plain dict) and
+refuse bad values up front with a message that names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ra3d.errors import CheckpointError, ConfigError
+from ra3d.training.checks import check_n_particles, check_prompt, check_same_prompt
+
+logger = logging.getLogger(__name__)
+
+MAX_RENDER_SIDE = 16384  # pixels; renders are resized to the prior's 64 or 512 px anyway
+LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
+
+
+def _get(cfg: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node or node[key] is None:
+            return default
+        node = node[key]
+    return node
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def check_model(cfg: dict[str, Any]) -> None:
+    inherits = _get(cfg, "model.init_from") is not None  # a later stage takes the earlier prompt
+    check_prompt(_get(cfg, "model.prompt"), inherited=inherits)
+    check_n_particles(_get(cfg, "model.n_particles", 1))
+
+
+def check_trainer(cfg: dict[str, Any], subcommand: str) -> None:
+    max_steps = _get(cfg, "trainer.max_steps", -1)
+    if subcommand == "fit" and (not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1):
+        raise ConfigError(
+            f"trainer.max_steps must be a positive number of steps (or -1 for no limit), got "
+            f"{max_steps!r}: e.g. --trainer.max_steps 150"
+        )
+
+
+#: Class of the volume renderer whose per-sample memory :func:`estimate_train_bytes` models.
+NERF_CLASS = "ra3d.representations.nerf.InstantNGPNeRF"
+#: Per-ray floats any representation keeps for backpropagation: origin and direction, the four
+#: outputs (rgb, opacity, depth, normal), the background colour, and their gradients.
+PER_RAY_FLOATS = 32
+
+
+def _reachable_stages(cfg: dict[str, Any]) -> int:
+    """How many entries of the resolution schedule a run of ``trainer.max_steps`` reaches (entry
+    ``i`` starts at ``data.resolution_milestones[i - 1]``)."""
+    milestones = [int(m) for m in _as_list(_get(cfg, "data.resolution_milestones", []))]
+    max_steps = _get(cfg, "trainer.max_steps", -1)
+    if not isinstance(max_steps, int) or max_steps < 0:
+        return len(milestones) + 1
+    return 1 + sum(1 for m in milestones if m < max_steps)
+
+
+def estimate_train_bytes(cfg: dict[str, Any]) -> tuple[int, int, str]:
+    """``(lower, upper, how)``: bounds of the activation memory of one training step, over the
+    resolution stages the run reaches.
+
+    Every particle renders ``batch × H × W`` rays, each keeping :data:`PER_RAY_FLOATS` floats
+    whatever the representation (the lower bound). The NeRF also keeps, per sample of
+    ``n_samples_per_ray``, the hash-grid features and corner weights/indices (8 corners × 12
+    bytes per level), two activations per MLP layer and ~32 other floats; with its occupancy grid
+    on, empty space is skipped (threestudio's ProlificDreamer at 512 px relies on it), so all
+    samples are only the upper bound, else they are the lower bound too."""
+    rep_cfg = _get(cfg, "model.representation", {}) or {}
+    rep = (rep_cfg.get("init_args") if isinstance(rep_cfg, dict) else None) or {}
+    is_nerf = isinstance(rep_cfg, dict) and rep_cfg.get("class_path") == NERF_CLASS
+    enc = rep.get("encoding") if isinstance(rep.get("encoding"), dict) else {}
+    enc = enc or {}
+    samples = int(rep.get("n_samples_per_ray", 64) or 64)
+    hidden = int(rep.get("hidden_dim", 64) or 64)
+    layers = int(rep.get("n_hidden_layers", 1) or 1) + 1
+    levels = int(enc.get("n_levels", 16) or 16)
+    features = levels * int(enc.get("n_features_per_level", 2) or 2)
+    per_sample = 4 * (features + 2 * hidden * layers + 32) + levels * 8 * 12
+    per_ray = 4 * PER_RAY_FLOATS
+    particles = int(_get(cfg, "model.n_particles", 1))
+    heights = _as_list(_get(cfg, "data.height", 64))
+    widths = _as_list(_get(cfg, "data.width", 64))
+    batches = _as_list(_get(cfg, "data.batch_size", 1))
+    stages = min(max(len(heights), len(widths), len(batches)), _reachable_stages(cfg))
+    worst = 0
+    for i in range(stages):
+        h = int(heights[min(i, len(heights) - 1)])
+        w = int(widths[min(i, len(widths) - 1)])
+        b = int(batches[min(i, len(batches) - 1)])
+        worst = max(worst, particles * b * h * w)
+    if not is_nerf:
+        return worst * per_ray, worst * per_ray, f"{worst} rays × ~{per_ray} bytes"
+    all_samples = worst * (per_ray + samples * per_sample)
+    how = f"{worst} rays × {samples} samples × ~{per_sample} bytes"
+    occupancy = rep.get("use_occupancy_grid", True) is not False
+    return (worst * per_ray if occupancy else all_samples), all_samples, how
+
+
+def _available_bytes(cfg: dict[str, Any]) -> tuple[int, str]:
+    accelerator = str(_get(cfg, "trainer.accelerator", "auto"))
+    import torch
+
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        return int(free), "free GPU memory"
+    import psutil
+
+    return int(psutil.virtual_memory().available), "available RAM"
+
+
+def check_resources(cfg: dict[str, Any], subcommand: str) -> None:
+    """Refuse render sizes that cannot fit, before allocating anything."""
+    sides = [("data.eval_height", _get(cfg, "data.eval_height", 512)),
+             ("data.eval_width", _get(cfg, "data.eval_width", 512))]  # fmt: skip
+    if subcommand == "fit":
+        sides += [("data.height", v) for v in _as_list(_get(cfg, "data.height", 64))]
+        sides += [("data.width", v) for v in _as_list(_get(cfg, "data.width", 64))]
+    for key, value in sides:
+        if isinstance(value, int) and value > MAX_RENDER_SIDE:
+            raise ConfigError(
+                f"{key} is {value} px, above the limit of {MAX_RENDER_SIDE} px per side; renders "
+                "are resized to the prior's resolution (64 or 512 px), so use e.g. "
+                f"--{key} 64 (training) or 512 (evaluation)"
+            )
+    if subcommand != "fit":
+        return
+    lower, upper, how = estimate_train_bytes(cfg)
+    have, what = _available_bytes(cfg)
+    if lower > have:
+        raise ConfigError(
+            f"one training step needs at least ~{lower / 2**30:.1f} GiB ({how}) but only "
+            f"{have / 2**30:.1f} GiB of {what} is left: lower --data.height/--data.width, "
+            "--data.batch_size, --model.n_particles or n_samples_per_ray"
+        )
+    if upper > have:
+        logger.warning(
+            "one training step may need up to ~%.1f GiB (%s) if the occupancy grid skips no "
+            "samples, and %.1f GiB of %s is left; it usually skips most of them, but if memory "
+            "runs out lower --data.height/--data.width or n_samples_per_ray",
+            upper / 2**30, how, have / 2**30, what,
+        )  # fmt: skip
+
+
+def check_checkpoint(
+    cfg: dict[str, Any], subcommand: str, records: dict[str, Any] | None = None
+) -> None:
+    """``--ckpt_path``: required for validate/test/predict; a readable ra3d checkpoint with
+    finite weights; for a resume, of the same prompt."""
+    ckpt = _get(cfg, "ckpt_path")
+    if ckpt is None:
+        if subcommand != "fit":
+            raise CheckpointError(
+                f"ra3d {subcommand} renders a trained run: pass its checkpoint with --ckpt_path "
+                "outputs/<run>/version_N/checkpoints/last.ckpt"
+            )
+        return
+    ckpt = str(ckpt)
+    if ckpt in LIGHTNING_CKPT_ALIASES:
+        raise CheckpointError(
+            f"--ckpt_path {ckpt} is not supported: ra3d writes <run folder>/checkpoints/last.ckpt; "
+            "pass that file (e.g. outputs/demo/version_0/checkpoints/last.ckpt)"
+        )
+    if Path(ckpt).is_dir():
+        raise CheckpointError(
+            f"--ckpt_path {ckpt} is a directory; pass the checkpoint file inside it, e.g. "
+            f"{Path(ckpt) / 'checkpoints' / 'last.ckpt'}"
+        )
+    record = read_checked_checkpoint(ckpt, records)
+    prompt = _get(cfg, "model.prompt")
+    if subcommand == "fit" and isinstance(prompt, str):
+        check_same_prompt(ckpt, record.prompt, prompt, later_stage=False)
+
+
+def read_checked_checkpoint(path: str, records: dict[str, Any] | None = None) -> Any:
+    """The :class:`~ra3d.training.checkpoint.RunRecord` of a readable ra3d checkpoint with finite
+    weights; one clear :class:`CheckpointError` otherwise (truncated, empty, random bytes, not
+    ra3d's, a diverged run's). ``records`` is the caller's cache (one command asks several times
+    for the same file; the CLI keeps one per call)."""
+    key = str(Path(path).resolve())
+    if records is not None and key in records:
+        return records[key]
+    import torch
+
+    from ra3d.training.checkpoint import read_checkpoint
+
+    record, state, file = read_checkpoint(path)
+    bad = [
+        k for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(v.isfinite().all())
+    ]  # fmt: skip
+    if bad:
+        raise CheckpointError(
+            f"{file} holds non-finite weights ({', '.join(bad[:3])}): it was written by a "
+            "diverged run. Use an earlier checkpoint of that run, or retrain with lower "
+            "learning rates"
+        )
+    if records is not None:
+        records[key] = record
+    return record
+
+
+def check_config(
+    cfg: dict[str, Any], subcommand: str, records: dict[str, Any] | None = None
+) -> None:
+    """All checks, cheapest first (``records``: see :func:`read_checked_checkpoint`)."""
+    check_model(cfg)
+    check_trainer(cfg, subcommand)
+    check_resources(cfg, subcommand)
+    check_checkpoint(cfg, subcommand, records)
