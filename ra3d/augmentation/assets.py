@@ -9,24 +9,15 @@ from meshes the user names (an artist's base mesh is a first-class input). The r
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from ra3d.errors import ConfigError
 from ra3d.retrieval.base import RetrievedAsset
 
 logger = logging.getLogger(__name__)
-
-RETRIEVED_JSON = "retrieved.json"
-PREVIEW_DIR = "retrieved"
 
 
 @dataclass
@@ -216,58 +207,9 @@ def check_recorded_assets(retrieval: dict[str, Any]) -> list[RetrievedAsset]:
     return assets
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
-
-
-def write_retrieval_outputs(
-    run_dir: Path,
-    assets: list[RetrievedAsset],
-    assignment: list[int],
-    meshes: list[Any],
-    preview_size: int = 192,
-) -> Path:
-    """``retrieved.json`` (uid, caption, score, rotation, licence, attribution, mesh path, the
-    particles assigned to it) and ``retrieved/assetNN_<uid>.png`` (front, side, back, other side)."""
-    from PIL import Image
-
-    from ra3d.cameras import orbit_cameras
-
-    cams = orbit_cameras(
-        4, preview_size, preview_size, elevation_deg=15.0, distance=1.5, fovy_deg=50.0
-    )
-    entries = []
-    for n, (asset, mesh) in enumerate(zip(assets, meshes, strict=True)):
-        with torch.no_grad():
-            rgb = mesh.render(cams.to(mesh.vertices.device)).rgb.detach().float().cpu()
-        strip = rgb.permute(1, 0, 2, 3).reshape(preview_size, 4 * preview_size, 3)
-        preview = run_dir / PREVIEW_DIR / f"asset{n:02d}_{asset.uid}.png"
-        preview.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=preview.parent, suffix=".png", delete=False) as tmp:
-            Image.fromarray((strip.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)).save(
-                tmp, format="PNG"
-            )
-        os.replace(tmp.name, preview)
-        entry = asset.to_json()
-        entry.update(
-            index=n,
-            rotation_deg_about_z=-asset.front_azimuth_deg,
-            particles=[i for i, a in enumerate(assignment) if a == n],
-            preview=str(preview.relative_to(run_dir)),
-        )
-        entries.append(entry)
-    path = run_dir / RETRIEVED_JSON
-    _write_text_atomic(path, json.dumps(entries, indent=2) + "\n")
-    return path
-
-
 __all__ = [
     "RetrievalConfig",
     "check_recorded_assets",
     "retrieve_assets",
     "user_assets",
-    "write_retrieval_outputs",
 ]

@@ -30,8 +30,8 @@ from ra3d.augmentation.assets import (
     RetrievalConfig,
     check_recorded_assets,
     retrieve_assets,
-    write_retrieval_outputs,
 )
+from ra3d.augmentation.outputs import write_retrieval_outputs
 from ra3d.cameras import Cameras
 from ra3d.errors import ConfigError
 from ra3d.guidance.base import Guidance

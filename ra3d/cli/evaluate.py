@@ -77,31 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_clip(model: str, pretrained: str | None, device: str) -> tuple[Any, str | None]:
-    """``(embedder, None)``, or ``(None, why)`` when the weights are not available here.
-
-    Unavailable weights (offline, not cached) only disable the CLIP metrics; a model name, tag
-    or file that does not exist raises (the user mistyped something).
-    """
-    from ra3d.retrieval.embed import EmbedderUnavailableError, make_embedder
-
-    try:
-        return make_embedder(
-            "clip", clip_model=model, clip_pretrained=pretrained, device=device
-        ), None
-    except EmbedderUnavailableError as err:
-        cause = err.__cause__
-        problem = (
-            "its weights are not on this machine and cannot be downloaded here"
-            if cause is None
-            else f"open_clip could not load it ({type(cause).__name__}: {cause})"
-        )
-        return None, (
-            f"CLIP {model}/{pretrained}: {problem}. Fix: pass local weights with "
-            "--clip-pretrained /path/to/open_clip_model.safetensors or --clip-model local-dir:FOLDER"
-        )
-
-
 def _unique_labels(results: list[Any]) -> None:
     seen: dict[str, int] = {}
     for result in results:
@@ -153,6 +128,8 @@ def _run(args: argparse.Namespace) -> int:
             )
     embedder, why_not = None, "skipped (--no-clip)"
     if not args.no_clip:
+        from ra3d.evaluation.clip import load_clip
+
         embedder, why_not = load_clip(args.clip_model, args.clip_pretrained, args.device)
     if embedder is None and not any(run.assets for run in runs):
         raise Ra3dError(
