@@ -41,6 +41,15 @@ class CheckpointError(Ra3dError, FileNotFoundError):
     """A checkpoint is missing or unreadable."""
 
 
+class DiskFullError(Ra3dError, OSError):
+    """A file could not be written because its file system is full (or the user's quota is).
+
+    Raised by :mod:`ra3d.io` instead of the bare ``ENOSPC`` so every command reports it as one line
+    that names the folder, the space needed and free, and the fix. It is also an ``OSError`` (with
+    ``errno`` set), so code that already handled write failures as ``OSError`` still does.
+    """
+
+
 class TrainingDiverged(Ra3dError):
     """The loss, the gradients or the weights stayed non-finite for several steps in a row."""
 

@@ -5,6 +5,8 @@ losses, diffusers' own adapter switching, view words from the camera positions).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import json
 import shutil
 from collections.abc import Iterator
@@ -426,3 +428,245 @@ def test_cli_bad_input(capsys, argv: list[str], message: str) -> None:
     code, text = _run(capsys, "adapt", *argv)
     assert code == 2
     assert message in text and "Traceback" not in text
+
+
+# ------------------------------------------------------------------------------ one ω for adapt and fit
+@pytest.mark.parametrize("front_back", [None, 30.0], ids=["default-view-words", "coarse-30deg"])
+def test_adapt_command_and_fit_find_the_same_omega(
+    front_back: float | None,
+    tiny_prior_path: Path,
+    tmp_path: Path,
+    capsys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one user-mesh rule: ``ra3d adapt --assets X --prompt P`` and a fit with
+    ``retrieval.assets [X]``, prompt P, the same prior and adaptation settings build the same
+    asset (caption P, front azimuth, up axis, radius) and so the same cache key: the fit reuses
+    the adapter the command trained instead of training a second one.
+
+    Before, each command computed the key its own way from its own copies of the defaults: the
+    command had no up axis (a Z-up mesh was fingerprinted ``auto`` there and ``z`` in the fit),
+    could not set the fit's render size or shading, and took its view-word thresholds and radius
+    from literals of its own — so a mesh fitted with ``up_axis: z`` trained a second ω. The key is
+    checked against one computed here from the definitions (file fingerprint, DreamFusion's
+    45/45/60° view words, the settings given), and against the old command's ``auto`` key. The
+    second case is a guidance with 30° front/back sectors (configs/coarse_nerf.yaml), matched by
+    the command's ``--front-threshold/--back-threshold``."""
+    from ra3d.augmentation.asset_term import AssetTerm
+    from ra3d.augmentation.assets import RetrievalConfig
+    from ra3d.augmentation.retrieval_augmentation import AdaptationConfig, RetrievalAugmentation
+    from tests.toys import ColorField
+
+    monkeypatch.setenv("RA3D_CACHE_DIR", str(tmp_path / "cache"))
+    prompt = "a wooden crate"
+    code, text = _run(
+        capsys, "adapt", "--assets", str(BOX), "--prompt", prompt, "--prior", str(tiny_prior_path),
+        "--front-azimuth", "90", "--up-axis", "z", "--radius", "0.4", "--views", "6",
+        "--steps", "2", "--batch-size", "2", "--render-size", "16", "--seed", "3",
+        "--shading", "lambertian", "--no-progress",
+        *([] if front_back is None else ["--front-threshold", "30", "--back-threshold", "30"]),
+    )  # fmt: skip
+    assert code == 0, text
+    adapted = Path(text.split("view adapter: ")[1].split()[0])
+    assert adapted.parent == tmp_path / "cache" / "adapters"
+
+    base = DiffusionPrior(str(tiny_prior_path), device="cpu")
+    settings = AdaptationSettings(
+        n_views=6, steps=2, batch_size=2, render_size=16, seed=3, shading="lambertian",
+        front_threshold=front_back or 45.0, back_threshold=front_back or 45.0,
+        overhead_threshold=60.0, view_dependent=True,
+    )  # fmt: skip
+    expected = adaptation_cache_key(
+        base.cache_id, [asset_fingerprint(BOX, 90.0, 0.4, up_axis="z")], settings, [prompt]
+    )
+    old_command = adaptation_cache_key(
+        base.cache_id, [asset_fingerprint(BOX, 90.0, 0.4)], settings, [prompt]
+    )
+    assert adapted.stem == expected != old_command
+    assert json.loads(adapted.with_suffix(".json").read_text())["captions"][0].startswith(prompt)
+
+    # the fit's path: RetrievalAugmentation.prepare with the same meshes and settings
+    trained: list[object] = []
+    real = adaptation.adapt_prior
+    monkeypatch.setattr(
+        adaptation, "adapt_prior", lambda *a, **k: trained.append(a) or real(*a, **k)
+    )
+    retrieval = RetrievalConfig(assets=[str(BOX)], front_azimuths_deg=[90.0], up_axis="z",
+                                asset_radius=0.4, preview_size=16)  # fmt: skip
+    config = AdaptationConfig(n_views=6, steps=2, batch_size=2, render_size=16, seed=3,
+                              shading="lambertian")  # fmt: skip
+    view_words = {} if front_back is None else {"front_threshold": 30.0, "back_threshold": 30.0}
+    guidance = SDSGuidance(base, **view_words)
+    aug = RetrievalAugmentation(retrieval, config)
+    run = tmp_path / "run"
+    aug.prepare(prompt, [ColorField()], AssetTerm(), guidance, run)
+    assert trained == []  # reused, not trained again
+    assert aug.adapter["key"] == expected
+    assert aug.assets[0].caption == prompt and aug.assets[0].extras["up_axis"] == "z"
+    copy = run / "adapter" / "view_adapter.safetensors"
+    assert aug.adapter["path"] == str(copy.resolve())
+    assert copy.read_bytes() == adapted.read_bytes()
+    assert guidance.prior_adapters == [VIEW_ADAPTER]
+
+
+def test_user_mesh_captions_follow_one_rule(tmp_path: Path) -> None:
+    """Captions: given ones, else the prompt, else (``ra3d adapt`` without a prompt) the file
+    name; everything else about the asset does not depend on which command asks."""
+    from ra3d.augmentation.assets import RetrievalConfig, user_assets
+
+    mesh = tmp_path / "teddy_bear-01.obj"
+    shutil.copyfile(BOX, mesh)
+    config = RetrievalConfig(assets=[str(mesh)])
+    by_prompt = user_assets(config, "a teddy bear")
+    by_name = user_assets(config, None)
+    given = user_assets(RetrievalConfig(assets=[str(mesh)], captions=["a brown bear"]), "x")
+    assert [a.caption for a in (*by_prompt, *by_name, *given)] == [
+        "a teddy bear", "teddy bear 01", "a brown bear"
+    ]  # fmt: skip
+    for a in (*by_name, *given):
+        assert (a.uid, a.mesh_path, a.front_azimuth_deg, a.extras) == (
+            "user-0-teddy_bear-01", mesh.resolve(), 0.0, {"up_axis": "auto"}
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"--captions gives 2 value\(s\) for 1 mesh"):
+        user_assets(RetrievalConfig(assets=[str(mesh)], captions=["a", "b"]), None,
+                    {"captions": "--captions", "assets": "--assets"})  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ option dataclasses → flags
+def _action_defaults(parser) -> dict[str, object]:
+    return {s: a.default for a in parser._actions for s in a.option_strings}
+
+
+def test_export_flags_are_the_export_options() -> None:
+    """Each ``ra3d export`` flag's default is the ExportOptions field's (the names are listed
+    here, as users type them), and parsing no option gives ExportOptions() itself."""
+    from ra3d.cli.export import build_parser
+    from ra3d.cli.options import dataclass_from_args
+    from ra3d.export.options import ExportOptions
+
+    parser = build_parser()
+    defaults = _action_defaults(parser)
+    options = ExportOptions()
+    flags = {
+        "--format": "formats", "--texture-size": "texture_size", "--resolution": "resolution",
+        "--threshold": "threshold", "--max-faces": "max_faces", "--no-turntable": "turntable",
+        "--turntable-frames": "turntable_frames", "--turntable-size": "turntable_size",
+        "--no-viewer": "viewer",
+    }  # fmt: skip
+    assert sorted(flags.values()) == sorted(f.name for f in dataclasses.fields(ExportOptions))
+    for flag, name in flags.items():
+        assert defaults[flag] == getattr(options, name), flag
+    assert (options.formats, options.texture_size, options.threshold) == (
+        ("glb", "obj"),
+        1024,
+        25.0,
+    )
+    assert dataclass_from_args(ExportOptions, parser.parse_args(["run"])) == options
+    given = dataclass_from_args(ExportOptions, parser.parse_args(
+        ["run", "--format", "glb", "--no-turntable", "--threshold", "none", "--max-faces", "900"]
+    ))  # fmt: skip
+    assert given == ExportOptions(formats=("glb",), turntable=False, threshold=None, max_faces=900)
+    assert defaults["--particle"] == "all" and defaults["--out"] is None
+
+
+def test_adapt_flags_are_the_adaptation_settings() -> None:
+    """Each ``ra3d adapt`` adaptation flag's default is AdaptationSettings' field (the one
+    definition), the fit's section gives the same full settings, and — without a guidance — the
+    view words are those of the guidance classes' defaults."""
+    from ra3d.augmentation.adaptation import AdaptationConfig
+    from ra3d.augmentation.assets import RetrievalConfig
+    from ra3d.cli.adapt import build_parser
+
+    defaults = _action_defaults(build_parser())
+    settings = AdaptationSettings()
+    flags = {
+        "--views": "n_views", "--steps": "steps", "--lr": "lr", "--rank": "rank",
+        "--batch-size": "batch_size", "--seed": "seed", "--render-size": "render_size",
+        "--shading": "shading",
+    }  # fmt: skip
+    for flag, name in flags.items():
+        assert defaults[flag] == getattr(settings, name), flag
+    assert (settings.n_views, settings.steps, settings.lr, settings.rank) == (100, 500, 1e-4, 4)
+    view_words = {
+        "--front-threshold": "front_threshold", "--back-threshold": "back_threshold",
+        "--overhead-threshold": "overhead_threshold", "--no-view-dependent": "view_dependent",
+    }  # fmt: skip
+    for flag, name in view_words.items():
+        assert defaults[flag] == getattr(settings, name), flag
+    assert defaults["--radius"] == RetrievalConfig().asset_radius == 0.5
+    assert defaults["--up-axis"] == RetrievalConfig().up_axis
+    assert AdaptationConfig().settings() == settings
+    assert AdaptationConfig(steps=None).settings().steps == 500  # an old config's `steps: null`
+    sig = inspect.signature(SDSGuidance.__init__).parameters
+    assert (settings.front_threshold, settings.back_threshold, settings.overhead_threshold) == (
+        sig["front_threshold"].default, sig["back_threshold"].default,
+        sig["overhead_threshold"].default,
+    )  # fmt: skip
+    assert settings.view_dependent is sig["use_view_dependent_prompt"].default is True
+
+
+def test_export_help_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom ra3d.cli import main\n"
+        "try:\n    main(['export', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'LIGHT')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--texture-size" in done.stdout and "--no-turntable" in done.stdout
+    assert done.stdout.strip().endswith("LIGHT")
+
+
+def test_dataclass_flags_helper() -> None:
+    """The helper on a dataclass of its own: names, negated booleans, optional and list values,
+    the docstring's help, and a clear error for an undocumented field."""
+    import argparse
+    from dataclasses import dataclass, field
+
+    from ra3d.cli.options import add_dataclass_arguments, dataclass_from_args, flag_for
+
+    @dataclass
+    class Opts:
+        """Options.
+
+        Args:
+            size: a size in %.
+            colours: some colours.
+            level: a level; none = auto.
+            fast: go fast.
+            loud: be loud.
+        """
+
+        size: int = 3
+        colours: tuple[str, ...] = field(default=("red",), metadata={"flag": "--colour"})
+        level: float | None = 0.5
+        fast: bool = True
+        loud: bool = False
+
+    parser = argparse.ArgumentParser()
+    added = add_dataclass_arguments(parser, Opts, exclude=("loud",))
+    assert added == {
+        "size": "--size",
+        "colours": "--colour",
+        "level": "--level",
+        "fast": "--no-fast",
+    }
+    assert flag_for(Opts, "loud") == "--loud"
+    assert dataclass_from_args(Opts, parser.parse_args([])) == Opts()
+    got = dataclass_from_args(
+        Opts, parser.parse_args(["--colour", "a", "b", "--level", "none", "--no-fast"])
+    )
+    assert got == Opts(colours=("a", "b"), level=None, fast=False)
+    assert "a size in % (default: 3)" in parser.format_help()
+
+    @dataclass
+    class Undocumented:
+        """No Args section."""
+
+        x: int = 1
+
+    with pytest.raises(ValueError, match="Undocumented.x has no help"):
+        add_dataclass_arguments(argparse.ArgumentParser(), Undocumented)

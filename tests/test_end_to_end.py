@@ -4,6 +4,7 @@ their assets (Eq. 10-11, 13)."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -97,10 +98,14 @@ def test_chain_goes_from_prompt_to_textured_glb(tmp_path: Path, capsys) -> None:
             "--data.n_val_views 1 --trainer.enable_progress_bar false "
             "--model.retrieval.preview_size 16 --model.adaptation.n_views 10 "
             "--model.adaptation.steps 2 --model.adaptation.batch_size 2")  # fmt: skip
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     code = main(["chain", "--prompt", "a wooden chair", "--out", str(tmp_path), "--run-id", "r1",
                  "--coarse", str(configs / "demo.yaml"), "--fine", str(configs / "demo_fine.yaml"),
                  "--texture", str(configs / "demo_texture.yaml"), "--fit-args", tiny])  # fmt: skip
     assert code == 0
+    # Three stages ran inside one command: Ctrl-C is Python's own again once it returns.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     out = capsys.readouterr().out
     export = tmp_path / "demo_texture" / "r1" / "export"
     glbs = sorted(export.glob("particle*.glb"))

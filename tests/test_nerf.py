@@ -493,10 +493,25 @@ def _fixture_nerf() -> InstantNGPNeRF:
     )  # fmt: skip
 
 
+#: Relative tolerance for renders of this fixture recomputed on another machine. Each output is
+#: a composition of at most ~500 float32 operations (2 hash levels × 8 corners, an MLP of width 8,
+#: 16 samples composited, softplus/exp/sigmoid), each correctly rounded but possibly in another
+#: order or fused (SIMD width, FMA contraction differ between CPUs); forward error analysis bounds
+#: the difference by ~N·u with u = 2^-24, i.e. 500 · 6e-8 = 3e-5 of the output's scale. Seen: 1.8e-7
+#: (rgb) between two CI machines.
+CROSS_MACHINE_RTOL = 500 * 2.0**-24
+#: Normals are ∇σ/|∇σ| through autograd (as many operations again) and the normalisation
+#: amplifies the gradient's relative error by up to |∇σ|_max/|∇σ|: measured on this fixture's
+#: field (20k random points, the denser half) at most 255, so 300 bounds it; seen: 2.9e-6 between
+#: two CI machines, far inside the bound.
+NORMAL_CONDITION = 2 * 300.0
+
+
 def test_old_layout_state_dict_loads_and_renders_identically() -> None:
     """The fixture was saved by the NeRF before the texture field was split out (top-level
     ``encoding.*`` / ``feature_network.*`` keys) together with its renders and albedo queries;
-    the current NeRF migrates the keys and reproduces those renders exactly."""
+    the current NeRF migrates the keys exactly and reproduces those renders up to float32
+    rounding (they were computed on another machine; CROSS_MACHINE_RTOL)."""
     saved = torch.load(OLD_LAYOUT_FIXTURE, weights_only=True)
     old_keys = set(saved["state_dict"])
     assert {"encoding.params", "feature_network.0.weight"} <= old_keys
@@ -517,9 +532,14 @@ def test_old_layout_state_dict_loads_and_renders_identically() -> None:
         out = nerf.render(cams)
         albedo = nerf.query_albedo(saved["albedo_points"])
     assert saved["opacity"].max() > 0.05  # the fixture renders something
-    for name in ("rgb", "opacity", "depth", "normal"):
-        assert torch.equal(getattr(out, name), saved[name]), name
-    assert torch.equal(albedo, saved["albedo"])
+    # The weights are copies (exact above); the renders were computed on another CPU, so they
+    # may differ by float32 rounding only: see CROSS_MACHINE_RTOL.
+    for name in ("rgb", "opacity", "depth", "albedo"):
+        actual = albedo if name == "albedo" else getattr(out, name)
+        scale = float(saved[name].abs().max())
+        assert (actual - saved[name]).abs().max() <= CROSS_MACHINE_RTOL * scale, name
+    normal_error = (out.normal - saved["normal"]).norm(dim=-1).max()
+    assert normal_error <= CROSS_MACHINE_RTOL * NORMAL_CONDITION, normal_error
     # Nested in a parent module (as in a Lightning system), the prefix is handled too.
     parent = nn.ModuleDict({"particle": _fixture_nerf()})
     parent.load_state_dict({f"particle.{k}": v for k, v in saved["state_dict"].items()})

@@ -551,3 +551,17 @@ def test_progress_bar_counts_steps_and_shows_loss_and_seconds_per_step(tmp_path:
     shown = bar.get_metrics(trainer, trainer.lightning_module)
     assert "v_num" not in shown and "loss" in shown and float(shown["s/step"]) > 0
     assert shown["loss"] == pytest.approx(float(trainer.callback_metrics["train/loss"]))
+
+
+def test_nested_stop_installations_restore_the_handlers_of_before() -> None:
+    """A command run from inside another (the chain's stages) must not leave SIGINT routed to
+    ra3d once the outer command returns."""
+    from ra3d.training.signals import STOP
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with STOP.installed():
+        assert signal.getsignal(signal.SIGINT) == STOP.handle
+        with STOP.installed():
+            assert signal.getsignal(signal.SIGTERM) == STOP.handle
+        assert signal.getsignal(signal.SIGINT) == STOP.handle  # the outer one still holds
+    assert {s: signal.getsignal(s) for s in before} == before

@@ -10,12 +10,15 @@ from meshes the user names (an artist's base mesh is a first-class input). The r
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ra3d.errors import ConfigError
+from ra3d.representations.mesh import SUPPORTED_SUFFIXES, UP_AXES, MeshAsset, MeshLoadError
 from ra3d.retrieval.base import RetrievedAsset
+from ra3d.retrieval.embed import EMBEDDER_CHOICES
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +26,9 @@ logger = logging.getLogger(__name__)
 @dataclass
 class RetrievalConfig:
     """The ``model.retrieval`` section of a fit.
+
+    Its user-mesh and database fields are also the flags of ``ra3d adapt``
+    (:mod:`ra3d.cli.options`), so both commands read one definition.
 
     Args:
         enabled: retrieve (or load ``assets``) before the first step; False runs plain VSD/SDS.
@@ -34,92 +40,137 @@ class RetrievalConfig:
         align: frontal alignment of the retrieved assets (Sec. 4.4).
         prompt: retrieval query when it should differ from the generation prompt (the paper allows
             a user-given query); None = the generation prompt.
-        assets: the user's own meshes (OBJ/GLB/GLTF/PLY/...) instead of retrieval.
-        captions: captions c_ret of ``assets`` (for Eq. 12's view-augmented captions); default:
-            the generation prompt for each.
-        front_azimuths_deg: where each user mesh's front faces (degrees, default 0 = +X after the
-            up-axis rule of :func:`ra3d.representations.mesh.load_mesh`).
-        up_axis: ``auto``, ``y`` or ``z`` for user meshes (see ``load_mesh``).
+        assets: the user's own meshes (OBJ, GLB, GLTF, PLY, STL, OFF) instead of retrieval.
+        captions: captions c_ret of the user meshes, one per mesh in the same order (Eq. 12's
+            view-augmented captions); default: the prompt for each (``ra3d adapt`` without a
+            prompt: the file name).
+        front_azimuths_deg: the azimuth each user mesh's front faces, one per mesh, in degrees
+            (default 0 = +X after the up-axis rule of :func:`ra3d.representations.mesh.load_mesh`).
+        up_axis: ``auto``, ``y`` or ``z``: the up axis of the user meshes (see ``load_mesh``).
         asset_radius: assets are centred and scaled so their farthest vertex lies at this radius
             (0.5: inside the NeRF's bounding sphere of radius 1, the size threestudio's cameras at
             distance 1–1.5 frame; it must be smaller than the representation's radius).
         assignment: π of Eq. 10: ``one_per_particle`` (App. B.3) or ``closest`` (render distance
             at step 0, Eq. 10 / App. E).
         preview_size: pixel size of each view in the preview strips.
-        clip_model, clip_pretrained: open_clip model and tag or weights file for ``clip``.
+        clip_model: open_clip model name for the ``clip`` embedder.
+        clip_pretrained: open_clip pretrained tag or weights file for the ``clip`` embedder.
     """
 
     enabled: bool = True
-    database: str | None = None
-    embedder: str = "auto"
+    database: str | None = field(default=None, metadata={"flag": "--db", "metavar": "DIR"})
+    embedder: str = field(default="auto", metadata={"choices": EMBEDDER_CHOICES})
     n_assets: int | None = None
     n_candidates: int = 16
     align: bool = True
     prompt: str | None = None
-    assets: list[str] | None = None
-    captions: list[str] | None = None
-    front_azimuths_deg: list[float] | None = None
-    up_axis: str = "auto"
-    asset_radius: float = 0.5
+    assets: list[str] | None = field(default=None, metadata={"metavar": "MESH"})
+    captions: list[str] | None = field(default=None, metadata={"metavar": "TEXT"})
+    front_azimuths_deg: list[float] | None = field(
+        default=None, metadata={"flag": "--front-azimuth", "metavar": "DEG"}
+    )
+    up_axis: str = field(default="auto", metadata={"choices": UP_AXES})
+    asset_radius: float = field(default=0.5, metadata={"flag": "--radius"})
     assignment: str = "one_per_particle"
     preview_size: int = 192
     clip_model: str | None = None
     clip_pretrained: str | None = None
 
-    def validate(self, n_particles: int) -> None:
-        """Clear errors for settings that cannot work."""
+    def validate(self, n_particles: int, names: Mapping[str, str] | None = None) -> None:
+        """Clear errors for settings that cannot work. ``names`` maps a field to what the user
+        wrote (a ``ra3d adapt`` flag); default: its YAML key ``retrieval.<field>``."""
+        name = _namer(names)
         if self.n_assets is not None and self.n_assets < 1:
             raise ConfigError(
-                f"retrieval.n_assets must be >= 1 (or null = n_particles), got {self.n_assets}"
+                f"{name('n_assets')} must be >= 1 (or null = n_particles), got {self.n_assets}"
             )
         if self.n_candidates < 1:
-            raise ConfigError(f"retrieval.n_candidates (N') must be >= 1, got {self.n_candidates}")
+            raise ConfigError(f"{name('n_candidates')} (N') must be >= 1, got {self.n_candidates}")
         if not 0.0 < float(self.asset_radius) < float("inf"):
-            raise ConfigError(f"retrieval.asset_radius must be > 0, got {self.asset_radius}")
+            raise ConfigError(f"{name('asset_radius')} must be > 0, got {self.asset_radius}")
         if self.prompt is not None and not self.prompt.strip():
             raise ConfigError(
-                "retrieval.prompt is empty; remove it to query with the generation prompt"
+                f"{name('prompt')} is empty; remove it to query with the generation prompt"
             )
         if self.preview_size < 16:
-            raise ConfigError(f"retrieval.preview_size must be >= 16, got {self.preview_size}")
-        if self.assets is not None:
-            if not self.assets:
-                raise ConfigError("retrieval.assets is an empty list; name mesh files or remove it")
-            for name, values in (
-                ("captions", self.captions),
-                ("front_azimuths_deg", self.front_azimuths_deg),
-            ):
-                if values is not None and len(values) != len(self.assets):
-                    raise ConfigError(
-                        f"retrieval.{name} has {len(values)} entries for {len(self.assets)} assets; "
-                        "give one per asset (or none)"
-                    )
-        elif self.captions is not None or self.front_azimuths_deg is not None:
-            raise ConfigError(
-                "retrieval.captions/front_azimuths_deg describe retrieval.assets; name the assets too"
-            )
+            raise ConfigError(f"{name('preview_size')} must be >= 16, got {self.preview_size}")
+        _check_user_lists(self, name)
 
     def n_wanted(self, n_particles: int) -> int:
         return int(self.n_assets) if self.n_assets is not None else int(n_particles)
 
 
-def user_assets(config: RetrievalConfig, prompt: str) -> list[RetrievedAsset]:
-    """RetrievedAssets for the user's own meshes (``retrieval.assets``)."""
-    from ra3d.representations.mesh import SUPPORTED_SUFFIXES
+def _namer(names: Mapping[str, str] | None) -> Callable[[str], str]:
+    """How an error names a field: the given flag, else the YAML key."""
+    return lambda key: (names or {}).get(key, f"retrieval.{key}")
 
+
+def _check_user_lists(config: RetrievalConfig, name: Callable[[str], str]) -> None:
+    """``captions`` and ``front_azimuths_deg`` describe ``assets``, one entry per mesh."""
+    if config.assets is not None:
+        if not config.assets:
+            raise ConfigError(f"{name('assets')} is an empty list; name mesh files or remove it")
+        for key, values in (
+            ("captions", config.captions),
+            ("front_azimuths_deg", config.front_azimuths_deg),
+        ):
+            if values is not None and len(values) != len(config.assets):
+                raise ConfigError(
+                    f"{name(key)} gives {len(values)} value(s) for {len(config.assets)} mesh(es) "
+                    f"of {name('assets')}; give one per mesh, in the same order (or none)"
+                )
+    elif config.captions is not None or config.front_azimuths_deg is not None:
+        raise ConfigError(
+            f"{name('captions')}/{name('front_azimuths_deg')} describe the meshes of "
+            f"{name('assets')}; name the meshes too"
+        )
+
+
+def caption_from_file_name(path: str | Path) -> str:
+    """``teddy_bear-01.glb`` → ``teddy bear 01``: the caption of a user mesh when neither a
+    caption nor a prompt is given (only ``ra3d adapt`` can lack a prompt)."""
+    return Path(path).stem.replace("_", " ").replace("-", " ").strip()
+
+
+def user_assets(
+    config: RetrievalConfig, prompt: str | None, names: Mapping[str, str] | None = None
+) -> list[RetrievedAsset]:
+    """RetrievedAssets for the user's own meshes (``retrieval.assets``, ``ra3d adapt --assets``).
+
+    The one user-mesh rule of ``ra3d fit`` and ``ra3d adapt``, so that the same meshes give the
+    same assets — hence the same renders, captions and cache key of ω (Eq. 12) — in both:
+
+    * ``uid`` ``user-<i>-<file stem>``, ``mesh_path`` the resolved file, ``front_azimuth_deg``
+      from ``front_azimuths_deg`` (default 0), the up axis ``config.up_axis`` (in ``extras``);
+    * caption c_ret: ``captions[i]`` when given, else the prompt (fit's generation prompt, adapt's
+      ``--prompt``), else — ``ra3d adapt`` without a prompt — the file name
+      (:func:`caption_from_file_name`).
+
+    ``names`` maps fields to the flags the user wrote, for the error messages (default: the YAML
+    keys ``retrieval.<field>``).
+    """
+    name = _namer(names)
+    _check_user_lists(config, name)
+    if prompt is not None and not prompt.strip():
+        prompt = None
     out = []
-    for i, name in enumerate(config.assets or []):
-        path = Path(name).expanduser()
+    for i, entry in enumerate(config.assets or []):
+        path = Path(entry).expanduser()
         if not path.is_file():
+            what = "is a directory, not a mesh file" if path.is_dir() else "mesh file not found"
             raise ConfigError(
-                f"retrieval.assets[{i}]: {path} {'is a directory' if path.is_dir() else 'does not exist'}; "
-                "name a mesh file (OBJ, GLB, GLTF, PLY, STL, OFF)"
+                f"{name('assets')}[{i}]: {what}: {path}; name a mesh file (OBJ, GLB, GLTF, PLY, "
+                "STL, OFF)"
             )
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:
             raise ConfigError(
-                f"retrieval.assets[{i}]: {path.name} is not a supported mesh ({', '.join(SUPPORTED_SUFFIXES)})"
+                f"{name('assets')}[{i}]: {path.name} is not a supported mesh "
+                f"({', '.join(SUPPORTED_SUFFIXES)})"
             )
-        caption = config.captions[i] if config.captions else prompt
+        if config.captions:
+            caption = config.captions[i]
+        else:
+            caption = prompt if prompt is not None else caption_from_file_name(path)
         azimuth = float(config.front_azimuths_deg[i]) if config.front_azimuths_deg else 0.0
         out.append(
             RetrievedAsset(
@@ -135,6 +186,21 @@ def user_assets(config: RetrievalConfig, prompt: str) -> list[RetrievedAsset]:
             )
         )
     return out
+
+
+def up_axis_of(asset: RetrievedAsset) -> str:
+    """The up axis an asset's mesh is loaded with: the one recorded with it (user meshes carry
+    ``retrieval.up_axis``), else ``auto``."""
+    return str((asset.extras or {}).get("up_axis", "auto"))
+
+
+def mesh_for(asset: RetrievedAsset, radius: float) -> MeshAsset:
+    """The MeshAsset of an asset at the run's scale, up axis and frontal rotation (what both the
+    fit and ``ra3d adapt`` render)."""
+    try:
+        return MeshAsset.from_retrieved(asset, radius=radius, up_axis=up_axis_of(asset))
+    except MeshLoadError as err:
+        raise ConfigError(f"cannot read mesh {asset.mesh_path}: {err}") from err
 
 
 def retrieve_assets(
@@ -209,7 +275,10 @@ def check_recorded_assets(retrieval: dict[str, Any]) -> list[RetrievedAsset]:
 
 __all__ = [
     "RetrievalConfig",
+    "caption_from_file_name",
     "check_recorded_assets",
+    "mesh_for",
     "retrieve_assets",
+    "up_axis_of",
     "user_assets",
 ]

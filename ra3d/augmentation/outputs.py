@@ -1,28 +1,20 @@
 """What a retrieval-augmented run writes about its assets into the run folder: ``retrieved.json``
-and one 4-view preview strip per asset (``retrieved/assetNN_<uid>.png``)."""
+and one 4-view preview strip per asset (``retrieved/assetNN_<uid>.png``), each written atomically
+and readable by everyone (:mod:`ra3d.io`)."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ra3d.io import write_image_atomic, write_json_atomic
 from ra3d.retrieval.base import RetrievedAsset
 
 RETRIEVED_JSON = "retrieved.json"
 PREVIEW_DIR = "retrieved"
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
 
 
 def write_retrieval_outputs(
@@ -34,8 +26,6 @@ def write_retrieval_outputs(
 ) -> Path:
     """``retrieved.json`` (uid, caption, score, rotation, licence, attribution, mesh path, the
     particles assigned to it) and ``retrieved/assetNN_<uid>.png`` (front, side, back, other side)."""
-    from PIL import Image
-
     from ra3d.cameras import orbit_cameras
 
     cams = orbit_cameras(
@@ -47,12 +37,7 @@ def write_retrieval_outputs(
             rgb = mesh.render(cams.to(mesh.vertices.device)).rgb.detach().float().cpu()
         strip = rgb.permute(1, 0, 2, 3).reshape(preview_size, 4 * preview_size, 3)
         preview = run_dir / PREVIEW_DIR / f"asset{n:02d}_{asset.uid}.png"
-        preview.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=preview.parent, suffix=".png", delete=False) as tmp:
-            Image.fromarray((strip.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)).save(
-                tmp, format="PNG"
-            )
-        os.replace(tmp.name, preview)
+        write_image_atomic((strip.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8), preview)
         entry = asset.to_json()
         entry.update(
             index=n,
@@ -62,7 +47,7 @@ def write_retrieval_outputs(
         )
         entries.append(entry)
     path = run_dir / RETRIEVED_JSON
-    _write_text_atomic(path, json.dumps(entries, indent=2) + "\n")
+    write_json_atomic(path, entries)
     return path
 
 

@@ -8,7 +8,8 @@
    and rotated to face azimuth 0, so it renders through the same cameras as the particles;
 3. fixes π (Eq. 10): recorded, or computed from step-0 render distances (:mod:`ra3d.augmentation.asset_term`);
 4. with ``adaptation`` on, trains (or reuses from the cache) the view adapter ω of Eq. 12 on ~100
-   renders of the assets and hands it, frozen, to the guidance's prior term;
+   renders of the assets and hands it, frozen, to the guidance's prior term
+   (:mod:`ra3d.augmentation.adaptation`, the path ``ra3d adapt`` takes too);
 5. writes ``retrieved.json``, the preview strips and the adapter into the run folder.
 
 During training it renders each particle's assigned asset at the step's cameras, for the asset
@@ -18,17 +19,17 @@ term (Eq. 11) and as the reference of delta distillation (Eq. 13).
 from __future__ import annotations
 
 import logging
-import shutil
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
+from ra3d.augmentation.adaptation import ADAPTER_FILE, AdaptationConfig, view_adapter_for_run
 from ra3d.augmentation.asset_term import AssetTerm
 from ra3d.augmentation.assets import (
     RetrievalConfig,
     check_recorded_assets,
+    mesh_for,
     retrieve_assets,
 )
 from ra3d.augmentation.outputs import write_retrieval_outputs
@@ -39,39 +40,6 @@ from ra3d.representations.base import RenderOutput, Representation
 from ra3d.retrieval.base import RetrievedAsset
 
 logger = logging.getLogger(__name__)
-
-ADAPTER_FILE = "adapter/view_adapter.safetensors"
-
-
-@dataclass
-class AdaptationConfig:
-    """The ``model.adaptation`` section: lightweight adaptation of the prior (Eq. 12).
-
-    Args:
-        enabled: train ω on the retrieved assets' renders before the fit (cached).
-        n_views: renders per asset, uniformly distributed on the sphere band (the paper: 100).
-        steps: optimisation steps of ω; None = the adaptation module's default.
-        lr: learning rate of ω.
-        rank: LoRA rank of ω.
-        batch_size: renders per step.
-        seed: seeds the cameras' order, t and ε of the adaptation.
-    """
-
-    enabled: bool = True
-    n_views: int = 100
-    steps: int | None = None
-    lr: float = 1e-4
-    rank: int = 4
-    batch_size: int = 4
-    seed: int = 0
-
-
-def mesh_for(asset: RetrievedAsset, radius: float) -> Representation:
-    """The MeshAsset of a retrieved asset at the run's scale and frontal rotation."""
-    from ra3d.representations.mesh import MeshAsset
-
-    up_axis = str(asset.extras.get("up_axis", "auto")) if asset.extras else "auto"
-    return MeshAsset.from_retrieved(asset, radius=radius, up_axis=up_axis)
 
 
 class RetrievalAugmentation(nn.Module):
@@ -154,58 +122,13 @@ class RetrievalAugmentation(nn.Module):
     def _adapt(
         self, guidance: Guidance, run_dir: Path | None, recorded: dict[str, Any] | None
     ) -> None:
-        """Eq. 12: ω from the cache (or trained now), loaded frozen into the guidance."""
-        prior = guidance.view_adapter_prior()
-        if prior is None:
-            raise ConfigError(
-                f"adaptation needs a diffusion guidance with a view adapter (SDS or VSD), got "
-                f"{type(guidance).__name__}; set model.adaptation.enabled false"
-            )
-        if recorded and recorded.get("path") and Path(recorded["path"]).is_file():
-            path = Path(recorded["path"])
-            logger.info("reusing the run's view adapter ω %s", path)
-            self.adapter = dict(recorded)
-        else:
-            from ra3d.guidance.adaptation import (
-                AdaptationSettings,
-                asset_fingerprint,
-                cached_adapt,
-            )
-
-            overrides = {
-                k: v for k, v in asdict(self.adaptation).items() if k != "enabled" and v is not None
-            }
-            # The view words of e(c_ret, ψ) follow the guidance's own rule (Eq. 12 vs Eq. 2).
-            settings = AdaptationSettings.for_guidance(guidance, **overrides)
-            pairs = [
-                (mesh, asset.caption or self.query)
-                for mesh, asset in zip(self.meshes, self.assets, strict=True)
-            ]
-            prints = [
-                asset_fingerprint(
-                    a.mesh_path,
-                    a.front_azimuth_deg,
-                    self.asset_radius,
-                    up_axis=str((a.extras or {}).get("up_axis", "auto")),
-                )
-                for a in self.assets
-            ]
-            result = cached_adapt(prior, pairs, prints, settings)
-            path = Path(result.path)
-            self.adapter = {"path": str(path), "key": path.stem}
-        if run_dir is not None:
-            copy = run_dir / ADAPTER_FILE
-            if copy.resolve() != path.resolve():
-                copy.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, copy)
-                from ra3d.guidance.adaptation import sidecar_path
-
-                if sidecar_path(path).is_file():
-                    shutil.copyfile(sidecar_path(path), sidecar_path(copy))
-            self.adapter = {**(self.adapter or {}), "path": str(copy.resolve())}
-            path = copy
-        guidance.set_view_adapter(path)
-        logger.info("prior term uses base + ω (%s)", path)
+        """Eq. 12: ω from the record, the cache or trained now, loaded frozen into the guidance
+        (:func:`ra3d.augmentation.adaptation.view_adapter_for_run`, shared with ``ra3d adapt``)."""
+        assert self.adaptation is not None
+        self.adapter = view_adapter_for_run(
+            guidance, self.adaptation, self.assets, list(self.meshes), self.asset_radius,
+            self.query, run_dir, recorded,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ during training
     def render_assigned(self, cameras: Cameras) -> list[RenderOutput]:
@@ -249,3 +172,11 @@ def _check_scale(asset_radius: float, particles: list[Representation]) -> None:
                 f"representation's radius ({radius}), or the asset would be cut off; "
                 "the default 0.5 fits the NeRF's radius 1"
             )
+
+
+__all__ = [
+    "ADAPTER_FILE",
+    "AdaptationConfig",  # defined in ra3d.augmentation.adaptation; importable here as before
+    "RetrievalAugmentation",
+    "mesh_for",
+]

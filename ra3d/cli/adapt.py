@@ -8,38 +8,62 @@ Assets come from the asset database (``--prompt``, the retrieval of Sec. 4.4) or
 own meshes (``--assets``). The adapter is trained once per (prior, assets, captions, settings)
 into ra3d's cache and copied to ``--out``; a second identical call reuses it. Use the result in a
 fit with ``--model.guidance.init_args.view_adapter_path <file>``.
+
+The command and a fit share their definitions, so they train — and cache — the same ω: the
+adaptation flags are :class:`~ra3d.augmentation.adaptation.AdaptationConfig` (the fit's
+``model.adaptation``), the user-mesh and database flags are fields of
+:class:`~ra3d.augmentation.assets.RetrievalConfig` (the fit's ``model.retrieval``), user meshes
+become assets through :func:`~ra3d.augmentation.assets.user_assets` (caption: ``--captions``,
+else the prompt, else the file name) and ω is keyed and trained by
+:func:`~ra3d.augmentation.adaptation.train_or_reuse`. ``ra3d adapt --assets X --prompt P --prior
+Q`` is thus found by ``ra3d fit`` with ``retrieval.assets [X]``, prompt P and prior Q under a
+guidance with the same view words (the defaults, or ``--front-threshold 30 --back-threshold 30``
+for ``configs/coarse_nerf.yaml``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ra3d.cli.options import add_dataclass_arguments, dataclass_from_args, flags_for
 from ra3d.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ra3d.augmentation.assets import RetrievalConfig
+    from ra3d.retrieval.base import RetrievedAsset
 
 logger = logging.getLogger(__name__)
 
+#: The RetrievalConfig fields that are flags here (the user's meshes and the database).
+RETRIEVAL_FLAGS = (
+    "assets", "captions", "front_azimuths_deg", "up_axis", "asset_radius", "database", "embedder",
+)  # fmt: skip
+
+
+#: The AdaptationSettings fields a fit takes from its guidance (``for_guidance``): flags here, so
+#: that a fit whose guidance changes them (configs/coarse_nerf.yaml: 30° front/back) is matched.
+VIEW_WORD_FLAGS = ("front_threshold", "back_threshold", "overhead_threshold", "view_dependent")
+
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command's own flags, then the RetrievalConfig and AdaptationConfig ones (defaults and
+    help from those dataclasses). Building it imports the adaptation module (torch), whose
+    AdaptationSettings hold the defaults."""
+    from ra3d.augmentation.adaptation import AdaptationConfig
+    from ra3d.augmentation.assets import RetrievalConfig
+    from ra3d.guidance.adaptation import AdaptationSettings
+
     p = argparse.ArgumentParser(
         prog="ra3d adapt",
         description="Adapt the 2D prior to retrieved (or your own) 3D assets with a LoRA adapter "
         "trained on ~100 view-captioned renders per asset (paper Sec. 4.2, Eq. 12).",
     )
-    p.add_argument("--prompt", default=None, help="retrieve assets for this prompt")
     p.add_argument(
-        "--assets", nargs="+", type=Path, default=None, metavar="MESH",
-        help="your own meshes (.obj .glb .gltf .ply .stl .off) instead of retrieval",
-    )  # fmt: skip
-    p.add_argument(
-        "--captions", nargs="+", default=None, metavar="TEXT",
-        help="one caption per --assets mesh (default: the prompt, else the file name)",
-    )  # fmt: skip
-    p.add_argument(
-        "--front-azimuth", nargs="+", type=float, default=None, metavar="DEG",
-        help="per --assets mesh: the azimuth its front faces (default 0 = +X, ra3d's front)",
+        "--prompt", default=None,
+        help="retrieve assets for this prompt; with --assets, the caption of every mesh",
     )  # fmt: skip
     p.add_argument("-k", "--top-k", dest="k", type=int, default=3, help="assets to retrieve (3)")
     p.add_argument(
@@ -51,141 +75,106 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the adapter (.safetensors; a .json sidecar goes beside it). "
         "Default: only ra3d's cache, whose path is printed",
     )  # fmt: skip
-    p.add_argument("--views", type=int, default=100, help="renders per asset (100)")
-    p.add_argument("--steps", type=int, default=500, help="training steps (500)")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (1e-4)")
-    p.add_argument("--rank", type=int, default=4, help="LoRA rank (4)")
-    p.add_argument("--batch-size", type=int, default=4, help="renders per step (4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of views split, t and noise (0)")
-    p.add_argument(
-        "--render-size", type=int, default=None,
-        help="render resolution in pixels (default: the prior's native resolution)",
-    )  # fmt: skip
-    p.add_argument(
-        "--shading", choices=("albedo", "lambertian"), default="albedo",
-        help="asset render shading (lambertian gives untextured assets visible shape)",
-    )  # fmt: skip
-    p.add_argument("--radius", type=float, default=0.5, help="asset normalisation radius (0.5)")
-    p.add_argument("--db", type=Path, default=None, help="asset database folder (starter library)")
-    p.add_argument(
-        "--embedder", choices=("auto", "clip", "minilm"), default="auto",
-        help="retrieval embedder (auto: CLIP if its weights are here, else MiniLM)",
-    )  # fmt: skip
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     p.add_argument("--dtype", default="float32", help="prior precision: float32/float16/bfloat16")
     p.add_argument("--no-cache", action="store_true", help="train even if a cached adapter exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def _user_assets(args: argparse.Namespace) -> list[tuple[Path, str, float]]:
-    paths: list[Path] = args.assets
-    for path in paths:
-        if not path.is_file():
-            raise ConfigError(f"mesh file not found: {path}. Pass existing files to --assets")
-    captions = args.captions
-    if captions is None:
-        captions = [args.prompt or p.stem.replace("_", " ").replace("-", " ") for p in paths]
-    if len(captions) != len(paths):
-        raise ConfigError(
-            f"--captions gives {len(captions)} caption(s) for {len(paths)} mesh(es); give one "
-            "per mesh, in the same order"
-        )
-    azimuths = args.front_azimuth or [0.0] * len(paths)
-    if len(azimuths) != len(paths):
-        raise ConfigError(
-            f"--front-azimuth gives {len(azimuths)} value(s) for {len(paths)} mesh(es); give one "
-            "per mesh"
-        )
-    return [(p, c, float(a)) for p, c, a in zip(paths, captions, azimuths, strict=True)]
-
-
-def _retrieved_assets(args: argparse.Namespace) -> list[tuple[Path, str, float]]:
-    from ra3d.retrieval.search import TwoStageRetriever
-
-    retriever = TwoStageRetriever(
-        database=args.db, embedder=args.embedder, device=args.device or "cpu"
+    add_dataclass_arguments(
+        p.add_argument_group("assets (the fit's model.retrieval)"),
+        RetrievalConfig,
+        include=RETRIEVAL_FLAGS,
     )
-    found = retriever.retrieve(args.prompt, k=args.k)
-    for asset in found:
-        logger.info("retrieved %s: %s (score %.3f)", asset.uid, asset.caption, asset.score)
-    return [(Path(a.mesh_path), a.caption, float(a.front_azimuth_deg)) for a in found]
+    add_dataclass_arguments(
+        p.add_argument_group("adaptation (the fit's model.adaptation)"),
+        AdaptationConfig,
+        exclude=("enabled",),
+    )
+    add_dataclass_arguments(
+        p.add_argument_group(
+            "view words (the fit's guidance decides them; the defaults are the guidance's)"
+        ),
+        AdaptationSettings,
+        include=VIEW_WORD_FLAGS,
+    )
+    return p
 
 
 def main_adapt(argv: list[str]) -> int:
     """Entry point of ``ra3d adapt``; returns the process exit code."""
     args = build_parser().parse_args(argv)
+
+    from ra3d.augmentation.adaptation import (
+        USER_SETTINGS,
+        AdaptationConfig,
+        copy_adapter,
+        train_or_reuse,
+    )
+    from ra3d.augmentation.assets import RetrievalConfig, mesh_for, user_assets
+    from ra3d.guidance.adaptation import AdaptationSettings
+
+    retrieval = dataclass_from_args(RetrievalConfig, args)
+    adaptation = dataclass_from_args(AdaptationConfig, args)
+    names = {
+        **flags_for(RetrievalConfig, RETRIEVAL_FLAGS),
+        **flags_for(AdaptationConfig, USER_SETTINGS),
+    }
     if args.prompt is not None and not args.prompt.strip():
         raise ConfigError('the prompt is empty: pass one with --prompt "a teddy bear"')
-    if args.prompt is None and not args.assets:
+    if args.prompt is None and not retrieval.assets:
         raise ConfigError(
             'nothing to adapt on: pass --prompt "a teddy bear" (retrieve assets) or '
             "--assets mesh.glb (your own meshes)"
         )
-    if args.captions is not None and not args.assets:
+    if retrieval.captions is not None and not retrieval.assets:
         raise ConfigError("--captions goes with --assets (retrieved assets bring their captions)")
-    for flag, value in (
-        ("-k", args.k),
-        ("--views", args.views),
-        ("--steps", args.steps),
-        ("--rank", args.rank),
-        ("--batch-size", args.batch_size),
-    ):
-        if value < 1:
+    counts = [("-k", args.k)] + [
+        (names[n], getattr(adaptation, n)) for n in ("n_views", "steps", "rank", "batch_size")
+    ]
+    for flag, value in counts:
+        if value is not None and value < 1:  # --steps none: the default
             raise ConfigError(f"{flag} must be >= 1, got {value}")
-    if not args.lr > 0 or args.lr == float("inf"):
-        raise ConfigError(f"--lr must be a positive finite number, got {args.lr}")
+    if not adaptation.lr > 0 or adaptation.lr == float("inf"):
+        raise ConfigError(f"{names['lr']} must be a positive finite number, got {adaptation.lr}")
     if args.out is not None and args.out.suffix != ".safetensors":
         raise ConfigError(f"--out must end in .safetensors, got {args.out}")
-    if not args.radius > 0:
-        raise ConfigError(f"--radius must be > 0, got {args.radius}")
-
-    from ra3d.guidance.adaptation import (
-        AdaptationSettings,
-        adapt_prior,
-        asset_fingerprint,
-        cached_adapt,
-        sidecar_path,
-    )
-
-    settings = AdaptationSettings(
-        n_views=args.views,
-        steps=args.steps,
-        lr=args.lr,
-        rank=args.rank,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        render_size=args.render_size,
-        shading=args.shading,
-    )  # validates before anything heavy is loaded
-    specs = _user_assets(args) if args.assets else _retrieved_assets(args)
+    retrieval.validate(args.k, names)
+    # No guidance here: the view words are the flags, whose defaults are the guidance classes'
+    # (what AdaptationConfig.settings(guidance) takes from a fit's guidance). Validates before
+    # anything heavy is loaded.
+    settings = dataclass_from_args(AdaptationSettings, args, **adaptation.overrides())
+    if retrieval.assets:
+        assets = user_assets(retrieval, args.prompt, names)
+    else:
+        assets = _retrieved_assets(args, retrieval)
 
     from ra3d.guidance.prior import DiffusionPrior
-    from ra3d.representations.mesh import MeshAsset, MeshLoadError
 
     prior = DiffusionPrior(args.prior, dtype=args.dtype, device=args.device)
-    assets, fingerprints = [], []
-    for path, caption, azimuth in specs:
-        try:
-            mesh = MeshAsset(path, front_azimuth_deg=azimuth, radius=args.radius)
-        except MeshLoadError as err:
-            raise ConfigError(f"cannot read mesh {path}: {err}") from err
-        assets.append((mesh.to(prior.device), caption))
-        fingerprints.append(asset_fingerprint(path, azimuth, args.radius))
-    progress = not args.no_progress
-    if args.no_cache:
-        out = args.out or Path("adapter.safetensors")
-        result = adapt_prior(prior, assets, settings, out, progress, fingerprints)
-    else:
-        result = cached_adapt(prior, assets, fingerprints, settings, progress=progress)
-        if args.out is not None:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(result.path, args.out)
-            shutil.copyfile(sidecar_path(result.path), sidecar_path(args.out))
-            result.path = args.out
+    meshes = [mesh_for(a, retrieval.asset_radius).to(prior.device) for a in assets]
+    result = train_or_reuse(
+        prior, assets, meshes, retrieval.asset_radius, settings, args.prompt,
+        progress=not args.no_progress, use_cache=not args.no_cache, out=args.out,
+    )  # fmt: skip
+    if not args.no_cache and args.out is not None:
+        result.path = copy_adapter(result.path, args.out)
     before, after = result.heldout_loss_before, result.heldout_loss_after
     print(f"view adapter: {result.path}")
     if before is not None and after is not None:
         print(f"held-out diffusion loss: {before:.4f} before, {after:.4f} after adaptation")
     print(f"use it: ra3d fit ... --model.guidance.init_args.view_adapter_path {result.path}")
     return 0
+
+
+def _retrieved_assets(args: argparse.Namespace, retrieval: RetrievalConfig) -> list[RetrievedAsset]:
+    """The ``-k`` assets the fit's retrieval would give for ``--prompt`` (same retriever
+    settings), with their own captions."""
+    from ra3d.retrieval.search import TwoStageRetriever
+
+    retriever = TwoStageRetriever(
+        database=retrieval.database, embedder=retrieval.embedder,
+        n_candidates=retrieval.n_candidates, align=retrieval.align, device=args.device or "cpu",
+    )  # fmt: skip
+    found = retriever.retrieve(args.prompt, k=args.k)
+    for asset in found:
+        logger.info("retrieved %s: %s (score %.3f)", asset.uid, asset.caption, asset.score)
+    return found

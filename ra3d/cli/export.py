@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 
+from ra3d.cli.options import add_dataclass_arguments, dataclass_from_args
 from ra3d.errors import ConfigError
-from ra3d.export.options import DEFAULT_MAX_FACES, FORMATS, ExportOptions
+from ra3d.export.options import ExportOptions
 
 DESCRIPTION = """Export the particles of a ra3d checkpoint (coarse NeRF or fine stage) as textured
 meshes: particle<i>.glb (glTF 2.0, Y-up, 1 unit = 1 m, PBR baseColorTexture), particle<i>.obj +
@@ -17,34 +18,18 @@ ATTRIBUTION.md (prompt, ra3d version, retrieved assets and their licences)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command's own arguments, then one flag per :class:`ExportOptions` field (their
+    defaults and help are the dataclass's: the fine stage's ``model.export_at_end`` reads the same
+    definition)."""
     parser = argparse.ArgumentParser(prog="ra3d export", description=DESCRIPTION)
     parser.add_argument(
         "checkpoint", help="a .ckpt file or a run folder (outputs/<name>/version_N)"
     )
     parser.add_argument(
-        "--format", nargs="+", choices=FORMATS, default=list(FORMATS), help="file formats"
-    )
-    parser.add_argument(
         "--particle", default="all", help="particle index to export, or 'all' (default)"
     )
-    parser.add_argument("--texture-size", type=int, default=1024, help="albedo texture side")
     parser.add_argument("--out", default=None, help="output folder (default <run>/export)")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=25.0,
-        help="density level of a NeRF's surface (as the coarse-to-fine hand-over; default 25)",
-    )
-    parser.add_argument(
-        "--resolution", type=int, default=128, help="grid size of the surface extraction"
-    )
-    parser.add_argument(
-        "--max-faces",
-        type=int,
-        default=DEFAULT_MAX_FACES,
-        help=f"decimate to at most this many faces before unwrapping (default {DEFAULT_MAX_FACES})",
-    )
-    parser.add_argument("--no-turntable", action="store_true", help="skip the turntable GIF")
+    add_dataclass_arguments(parser.add_argument_group("export options"), ExportOptions)
     return parser
 
 
@@ -67,14 +52,7 @@ def main_export(argv: list[str]) -> int:
     from ra3d.training.checkpoint import load_run
 
     run = load_run(args.checkpoint)
-    options = ExportOptions(
-        formats=tuple(args.format),
-        texture_size=args.texture_size,
-        resolution=args.resolution,
-        threshold=args.threshold,
-        max_faces=args.max_faces,
-        turntable=not args.no_turntable,
-    )
+    options = dataclass_from_args(ExportOptions, args)
     files = export_run(run, out_dir=args.out, options=options, particles=particles)
     print(describe_written(files))
     return 0

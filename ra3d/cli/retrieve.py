@@ -124,9 +124,9 @@ def save_previews(
 ) -> list[Path]:
     """Render each aligned asset from azimuths 0/90/180/270 and save one PNG strip per asset."""
     import numpy as np
-    from PIL import Image
 
     from ra3d.cameras import orbit_cameras
+    from ra3d.io import write_image_atomic
     from ra3d.representations.mesh import MeshAsset
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -137,8 +137,7 @@ def save_previews(
         rgb = mesh.render(cams).rgb.detach().cpu()  # [4, H, W, 3]
         strip = (rgb.permute(1, 0, 2, 3).reshape(size, 4 * size, 3).numpy() * 255).round()
         path = folder / f"{rank:02d}_{asset.uid}.png"
-        Image.fromarray(strip.astype(np.uint8)).save(path)
-        paths.append(path)
+        paths.append(write_image_atomic(strip.astype(np.uint8), path))
     return paths
 
 

@@ -22,8 +22,6 @@ the functions building them return the figure, so the plotted data can be checke
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from ra3d.evaluation.run import SUMMARY_KEYS, RunEvaluation
+from ra3d.io import atomic_write, write_csv_atomic, write_json_atomic, write_text_atomic
 
 CSV_COLUMNS: tuple[str, ...] = (
     "azimuth_deg",
@@ -193,28 +192,21 @@ def summary_markdown(results: Sequence[RunEvaluation]) -> str:
 
 
 def write_summary_csv(results: Sequence[RunEvaluation], path: Path) -> Path:
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["run", "particle", *SUMMARY_KEYS])
-        writer.writeheader()
-        for row in summary_rows(results):
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return path
+    """The summary table as CSV: a row per run and per particle (empty cells where missing)."""
+    rows = [{k: ("" if v is None else v) for k, v in row.items()} for row in summary_rows(results)]
+    return write_csv_atomic(path, ["run", "particle", *SUMMARY_KEYS], rows)
 
 
 def write_particle_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     """One row per azimuth with :data:`CSV_COLUMNS` (empty cells where not computed)."""
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_COLUMNS})
-    return path
+    cells = [{k: ("" if row.get(k) is None else row[k]) for k in CSV_COLUMNS} for row in rows]
+    return write_csv_atomic(path, CSV_COLUMNS, cells)
 
 
 # --------------------------------------------------------------------------- writers
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
-    return path
+    """The figure as a PNG, written atomically (matplotlib writes to the temporary handle)."""
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
 
 
 def write_run_report(result: RunEvaluation, out: Path | None = None) -> dict[str, Path]:
@@ -222,7 +214,7 @@ def write_run_report(result: RunEvaluation, out: Path | None = None) -> dict[str
     out = Path(out) if out is not None else result.eval_dir
     out.mkdir(parents=True, exist_ok=True)
     files = {"metrics": out / "metrics.json"}
-    files["metrics"].write_text(json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
+    write_json_atomic(files["metrics"], result.to_json(), allow_nan=False)
     for p in result.particles:
         files[f"particle_{p.index}"] = write_particle_csv(p.rows(), out / f"particle_{p.index}.csv")
     if result.has_clip:
@@ -231,8 +223,7 @@ def write_run_report(result: RunEvaluation, out: Path | None = None) -> dict[str
         )
     if result.has_assets:
         files["asset_plot"] = _save(asset_fidelity_figure([result]), out / "asset_fidelity.png")
-    files["summary"] = out / "summary.md"
-    files["summary"].write_text(summary_markdown([result]))
+    files["summary"] = write_text_atomic(out / "summary.md", summary_markdown([result]))
     return files
 
 
@@ -241,7 +232,7 @@ def write_comparison(results: Sequence[RunEvaluation], out: Path) -> dict[str, P
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"summary": out / "summary.md", "summary_csv": out / "summary.csv"}
-    files["summary"].write_text(summary_markdown(results))
+    write_text_atomic(files["summary"], summary_markdown(results))
     write_summary_csv(results, files["summary_csv"])
     if any(r.has_clip for r in results):
         files["relative_plot"] = _save(

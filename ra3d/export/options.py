@@ -5,7 +5,7 @@ this module, not torch."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ra3d.errors import ConfigError
 
@@ -17,27 +17,38 @@ DEFAULT_MAX_FACES = 50_000
 
 @dataclass
 class ExportOptions:
-    """How to export (the ``ra3d export`` flags).
+    """How to export a representation as textured meshes.
 
-    Attributes:
-        formats: any of ``"glb"``, ``"obj"``.
+    The one definition of the export defaults: ``ra3d export``'s flags are made from these fields
+    (:mod:`ra3d.cli.options`; the help below is theirs too), and the fine stage's
+    ``model.export_at_end`` section is this dataclass.
+
+    Args:
+        formats: file formats to write, any of ``glb`` and ``obj``.
         texture_size: side of the square albedo texture in texels.
-        resolution, threshold: forwarded to ``extract_mesh`` (grid size; density level for
-            NeRFs, ``None`` = the representation's default).
+        resolution: grid size of the surface extraction (``extract_mesh``).
+        threshold: density level of a NeRF's surface (as the coarse-to-fine hand-over, 25);
+            none (YAML ``null``) = the representation's own default.
         max_faces: decimate to at most this many faces before unwrapping.
-        turntable: write ``<name>_turntable.gif``; ``turntable_frames``/``turntable_size`` set it.
+        turntable: write ``<name>_turntable.gif`` of the exported mesh.
+        turntable_frames: frames of the turntable GIF.
+        turntable_size: pixel size of the turntable GIF.
         viewer: write ``index.html`` (+ the model-viewer script when installed).
     """
 
-    formats: Sequence[str] = FORMATS
+    formats: Sequence[str] = field(
+        default=FORMATS, metadata={"flag": "--format", "choices": FORMATS}
+    )
     texture_size: int = 1024
     resolution: int = 128
     threshold: float | None = 25.0
     max_faces: int = DEFAULT_MAX_FACES
-    turntable: bool = True
+    turntable: bool = field(default=True, metadata={"help": "skip the turntable GIF"})
     turntable_frames: int = 24
     turntable_size: int = 192
-    viewer: bool = True
+    viewer: bool = field(
+        default=True, metadata={"help": "skip index.html (the interactive viewer page)"}
+    )
 
     def validate(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]

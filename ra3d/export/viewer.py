@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from ra3d import __version__
-from ra3d.export.write import METRES_PER_UNIT, atomic_write
+from ra3d.export.write import METRES_PER_UNIT
+from ra3d.io import write_bytes_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +92,8 @@ def render_turntable(
         images.append((rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
     video = np.concatenate(images)  # [frames, H, W, 3]
 
-    def write(handle: Any) -> None:
-        handle.write(iio.imwrite("<bytes>", video, extension=".gif", duration=80, loop=0))
-
-    return atomic_write(gif_path, write)
+    gif = iio.imwrite("<bytes>", video, extension=".gif", duration=80, loop=0)
+    return write_bytes_atomic(gif_path, gif)
 
 
 def _select(cameras: Any, index: torch.Tensor) -> Any:
@@ -119,13 +118,11 @@ def write_viewer(out_dir: Path, title: str, glbs: list[Path], turntables: list[P
     written = []
     if script_src is not None:
         target = out_dir / MODEL_VIEWER_FILE
-        written.append(atomic_write(target, lambda f: f.write(script_src.read_bytes())))
+        written.append(write_bytes_atomic(target, script_src.read_bytes()))
         licence = script_src.parent.parent / "LICENSE"
         if licence.is_file():
             written.append(
-                atomic_write(
-                    out_dir / "model-viewer.LICENSE.txt", lambda f: f.write(licence.read_bytes())
-                )
+                write_bytes_atomic(out_dir / "model-viewer.LICENSE.txt", licence.read_bytes())
             )
     gif_by_stem = {p.stem.removesuffix("_turntable"): p.name for p in turntables}
     figures = []
@@ -169,7 +166,7 @@ def write_viewer(out_dir: Path, title: str, glbs: list[Path], turntables: list[P
         models="\n".join(figures),
         interactive="true" if script_src is not None else "false",
     )
-    written.append(atomic_write(out_dir / "index.html", lambda f: f.write(page.encode())))
+    written.append(write_text_atomic(out_dir / "index.html", page))
     if script_src is None:
         logger.warning(
             "model-viewer script not found; index.html shows turntables (npm install "
@@ -222,4 +219,5 @@ def attribution_text(prompt: str, assets: list[Any], particle_assets: dict[str, 
 
 
 def write_attribution(out_dir: Path, text: str) -> Path:
-    return atomic_write(out_dir / "ATTRIBUTION.md", lambda f: f.write(text.encode()))
+    """``ATTRIBUTION.md`` (see :func:`attribution_text`), written atomically."""
+    return write_text_atomic(out_dir / "ATTRIBUTION.md", text)

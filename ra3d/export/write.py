@@ -9,23 +9,23 @@ load_mesh` applies to Y-up files, so loading an exported file back with ``up_axi
 :data:`METRES_PER_UNIT` metres (glTF's unit is the metre): the object sits in ra3d's bounding
 sphere of radius ~0.5-1, i.e. about one metre across, centred at the origin.
 
-Every file goes to a temporary name in its target folder first and is moved into place with
-``os.replace`` (atomic on POSIX), so an interrupted export never leaves a half-written file.
+Every file is written by :mod:`ra3d.io`'s one rule: a temporary name in its target folder first,
+fsync, then ``os.replace`` (atomic on POSIX), so an interrupted export — or a full disk — never
+leaves a half-written file, and an earlier file of the same name stays intact.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
-from collections.abc import Callable
+import os  # noqa: F401  (tests patch ``ra3d.export.write.os.fsync``, the os module's own)
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from ra3d.export.bake import UVMesh
+from ra3d.io import write_bytes_atomic, write_text_atomic
 from ra3d.representations.mesh import Y_UP_TO_Z_UP
 
 METRES_PER_UNIT = 1.0
@@ -40,27 +40,6 @@ def world_to_file(points: np.ndarray, scale: float = METRES_PER_UNIT) -> np.ndar
 def file_to_world(points: np.ndarray, scale: float = METRES_PER_UNIT) -> np.ndarray:
     """Inverse of :func:`world_to_file` (what ``load_mesh(up_axis="y")`` applies, unscaled)."""
     return (np.asarray(points, np.float64) @ Y_UP_TO_Z_UP.T / scale).astype(np.float32)
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    On any exception (including KeyboardInterrupt) the temporary file is removed and ``path`` is
-    left as it was.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def png_bytes(texture: np.ndarray) -> bytes:
@@ -94,9 +73,9 @@ def write_obj(
     obj = "".join(lines).encode()
     png = png_bytes(texture)
     return [
-        atomic_write(out_dir / png_name, lambda f: f.write(png)),
-        atomic_write(out_dir / f"{name}.mtl", lambda f: f.write(mtl.encode())),
-        atomic_write(out_dir / f"{name}.obj", lambda f: f.write(obj)),
+        write_bytes_atomic(out_dir / png_name, png),
+        write_text_atomic(out_dir / f"{name}.mtl", mtl),
+        write_bytes_atomic(out_dir / f"{name}.obj", obj),
     ]
 
 
@@ -155,4 +134,4 @@ def write_glb(
 ) -> Path:
     """``<name>.glb`` (see :func:`glb_bytes`); ``mesh`` is in the file frame."""
     data = glb_bytes(mesh, texture, name, extras)
-    return atomic_write(out_dir / f"{name}.glb", lambda f: f.write(data))
+    return write_bytes_atomic(out_dir / f"{name}.glb", data)

@@ -37,6 +37,7 @@ Adapters are cached by (prior, assets, captions, settings): :func:`cached_adapt`
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import time
@@ -59,18 +60,59 @@ from ra3d.guidance.adapter_cache import (
 )
 from ra3d.guidance.lora import lora_config
 from ra3d.guidance.prior import DiffusionPrior, ra3d_cache_dir
-from ra3d.guidance.sds import VIEW_ADAPTER, check_finite
+from ra3d.guidance.sds import VIEW_ADAPTER, SDSGuidance, check_finite
 from ra3d.representations.mesh import SHADINGS, MeshAsset
 
 logger = logging.getLogger(__name__)
 
 _RENDER_CHUNK = 8  # views rendered / encoded per batch (bounds memory at 512 px)
 
+#: The guidance's own defaults (SDSGuidance's signature; VSD inherits the rule): the view words
+#: of e(c_ret, ψ) when ω is trained without a guidance at hand (``ra3d adapt``) are then those a
+#: fit with a default guidance uses, so both train — and cache — the same ω.
+_GUIDANCE_DEFAULTS: dict[str, Any] = {
+    name: p.default for name, p in inspect.signature(SDSGuidance.__init__).parameters.items()
+}
+
 
 @dataclass
 class AdaptationSettings:
     """Everything that shapes ω (and therefore the cache key). See the module docstring for the
-    reasons behind each default."""
+    reasons behind each default.
+
+    The one definition of these defaults: the user-facing subset — the ``model.adaptation``
+    section of a fit and the flags of ``ra3d adapt`` — is
+    :class:`ra3d.augmentation.adaptation.AdaptationConfig`, whose defaults are read from these
+    fields; the view-word thresholds are the guidance's own (:meth:`for_guidance`), and their
+    defaults are the guidance classes' defaults.
+
+    Args:
+        n_views: renders per asset (near-uniform cameras on the elevation band).
+        steps: optimisation steps of ω.
+        lr: AdamW learning rate of ω.
+        rank: LoRA rank of ω.
+        alpha: LoRA alpha; None = the rank.
+        batch_size: renders per step.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient-norm clip.
+        render_size: render resolution in pixels; None = the prior's native resolution.
+        camera_distance: distance of the adaptation cameras.
+        fovy_deg: vertical field of view of the adaptation cameras.
+        min_elevation_deg: lower end of the cameras' elevation band.
+        max_elevation_deg: upper end of the cameras' elevation band.
+        front_threshold: half-width in degrees of the azimuth sector captioned "front view" (a
+            fit takes it from its guidance's ``front_threshold``).
+        back_threshold: half-width in degrees of the sector captioned "back view" (a fit: its
+            guidance's ``back_threshold``).
+        overhead_threshold: elevations above this (degrees) are captioned "overhead view" (a
+            fit: its guidance's ``overhead_threshold``).
+        view_dependent: caption the renders with view words at all (the guidance's
+            ``use_view_dependent_prompt``).
+        shading: asset render shading (``albedo`` or ``lambertian``).
+        seed: seeds the held-out split of the views, t and ε.
+        heldout_fraction: share of the views never trained on (their loss is reported).
+        heldout_draws: fixed (t, ε) draws per held-out view.
+    """
 
     n_views: int = 100
     steps: int = 500
@@ -85,10 +127,14 @@ class AdaptationSettings:
     fovy_deg: float = 50.0
     min_elevation_deg: float = -10.0
     max_elevation_deg: float = 45.0
-    front_threshold: float = 45.0
-    back_threshold: float = 45.0
-    overhead_threshold: float = 60.0
-    view_dependent: bool = True
+    front_threshold: float = _GUIDANCE_DEFAULTS["front_threshold"]
+    back_threshold: float = _GUIDANCE_DEFAULTS["back_threshold"]
+    overhead_threshold: float = _GUIDANCE_DEFAULTS["overhead_threshold"]
+    view_dependent: bool = field(
+        default=_GUIDANCE_DEFAULTS["use_view_dependent_prompt"],
+        metadata={"help": "caption the renders without view words (a guidance with "
+                  "use_view_dependent_prompt false)"},
+    )  # fmt: skip
     shading: str = "albedo"
     seed: int = 0
     heldout_fraction: float = 0.1
@@ -142,9 +188,14 @@ class AdaptationSettings:
             )
 
     @classmethod
-    def for_guidance(cls, guidance: Any, **overrides: Any) -> AdaptationSettings:
+    def for_guidance(cls, guidance: Any | None, **overrides: Any) -> AdaptationSettings:
         """Settings whose view words follow ``guidance``'s own rule (thresholds and whether view
-        words are used at all), so e(c_ret, ψ) here means what e(c, ψ) means during the fit."""
+        words are used at all), so e(c_ret, ψ) here means what e(c, ψ) means during the fit.
+
+        ``guidance`` None (``ra3d adapt``, which has none): the defaults, which are the guidance
+        classes' own, so the ω trained there is the one a default-guidance fit looks up."""
+        if guidance is None:
+            return cls(**overrides)
         front, back, overhead = guidance.view_thresholds
         base = dict(
             front_threshold=front,

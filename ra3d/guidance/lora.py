@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,10 +41,11 @@ import torch
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from ra3d.cameras import Cameras
+from ra3d.io import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -420,17 +419,9 @@ class AdapterManager:
             "init_lora_weights": json.dumps(init),
             "adapter_name": name,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Atomic: write a sibling temporary file and rename it over the target, so a crash or a
-        # concurrent reader (a cache lookup) never sees a half-written adapter.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        # Atomic (ra3d.io): a crash or a concurrent reader (a cache lookup) never sees a
+        # half-written adapter. An adapter is a few MB, so it is serialised in memory first.
+        write_bytes_atomic(path, save_safetensors(tensors, metadata=metadata))
         logger.info("saved adapter %r (%d tensors) to %s", name, len(tensors), path)
         return path
 

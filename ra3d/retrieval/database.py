@@ -35,6 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ra3d.errors import Ra3dError
+from ra3d.io import write_bytes_atomic  # module-level name: tests replace it to crash a commit
 
 logger = logging.getLogger(__name__)
 
@@ -188,25 +189,6 @@ def _parse_manifest(data: bytes, path: Path) -> list[AssetRecord]:
         seen.add(record.uid)
         records.append(record)
     return records
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see either the old or the new file, never a mix.
-
-    The bytes go to a temporary file in the same folder (same filesystem), are flushed to disk,
-    and replace the target with ``os.replace``, which is atomic on POSIX and Windows.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _is_writable_dir(path: Path) -> bool:

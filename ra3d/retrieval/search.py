@@ -20,10 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ra3d.errors import ConfigError
+from ra3d.io import atomic_write
 from ra3d.retrieval.align import (
     VIEW_PROMPTS,
     FrontalAligner,
@@ -72,15 +71,8 @@ def _record_hash(record: AssetRecord) -> str:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A cached ``.npy``, written by ra3d's one atomic-write rule (never a half-written cache)."""
+    atomic_write(path, lambda handle: np.save(handle, array), size_hint=array.nbytes + 128)
 
 
 class TwoStageRetriever(Retriever):

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -22,6 +21,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ra3d.errors import Interrupted, TrainingDiverged
+from ra3d.io import disk_full_error, is_disk_full
+from ra3d.io import fsync_dir as _fsync_dir
+from ra3d.io import fsync_file as _fsync_file  # a module name: tests stall a save through it
 from ra3d.training.signals import STOP
 
 logger = logging.getLogger(__name__)
@@ -35,21 +37,6 @@ def non_finite_parameters(module: torch.nn.Module) -> list[str]:
             if not bool(torch.isfinite(param.detach()).all()):
                 names.append(name)
     return names
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (the directory entry), where the file system supports it."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def save_checkpoint_atomic(trainer: pl.Trainer, path: Path) -> bool:
@@ -71,13 +58,25 @@ def save_checkpoint_atomic(trainer: pl.Trainer, path: Path) -> bool:
             kept,
         )
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Lightning writes the file itself (by name), so this cannot use ra3d.io.atomic_write; it
+    # follows the same rule by hand: a sibling temporary, fsync, rename, fsync of the folder.
     tmp = path.with_name(path.name + ".tmp")
-    trainer.save_checkpoint(tmp)
-    if trainer.is_global_zero:
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            _fsync_file(tmp)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+    except BaseException as error:
+        written = tmp.stat().st_size if tmp.is_file() else 0
+        if trainer.is_global_zero:
+            tmp.unlink(missing_ok=True)
+        if is_disk_full(error):
+            # The previous checkpoint has the same tensors, so its size is what this one needs.
+            needed = path.stat().st_size if path.is_file() else None
+            raise disk_full_error(path, needed=needed, written=written) from error
+        raise
     return True
 
 

@@ -9,8 +9,9 @@ rows before the resumed step, then the new rows.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
+
+from ra3d.io import write_csv_atomic
 
 METRICS = "metrics.csv"
 HISTORY = "metrics.history.csv"
@@ -33,7 +34,7 @@ def _step(row: dict[str, str]) -> float:
 def merge_metrics(run_dir: str | Path, keep_below: int | None = None) -> None:
     """Put ``metrics.history.csv`` back in front of ``metrics.csv``: history rows with a step
     below ``keep_below`` (default: the first step of the new rows — the resumed run repeats the
-    steps after its checkpoint), then the new rows; written atomically."""
+    steps after its checkpoint), then the new rows; written atomically (:mod:`ra3d.io`)."""
     run_dir = Path(run_dir)
     history, current = run_dir / HISTORY, run_dir / METRICS
     if not history.is_file():
@@ -46,15 +47,8 @@ def merge_metrics(run_dir: str | Path, keep_below: int | None = None) -> None:
     if keep_below is not None:
         old_rows = [r for r in old_rows if _step(r) < keep_below]
     keys = sorted(set(old_keys) | set(new_keys))
-    tmp = current.with_name(METRICS + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(old_rows + new_rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, current)
-    history.unlink()
+    write_csv_atomic(current, keys, old_rows + new_rows)
+    history.unlink()  # only after the merged file is safely in place
 
 
 def set_aside_metrics(run_dir: str | Path, resume_step: int) -> None:
@@ -67,10 +61,5 @@ def set_aside_metrics(run_dir: str | Path, resume_step: int) -> None:
     if current.is_file():
         fields, rows = _read_rows(current)
         rows = [r for r in rows if _step(r) < resume_step]
-        tmp = history.with_name(HISTORY + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, history)
+        write_csv_atomic(history, fields, rows)
         current.unlink()

@@ -27,14 +27,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ra3d.augmentation.adaptation import AdaptationConfig
 from ra3d.augmentation.asset_term import ASSIGNMENTS, AssetTerm
 from ra3d.augmentation.assets import RetrievalConfig
-from ra3d.augmentation.retrieval_augmentation import AdaptationConfig, RetrievalAugmentation
+from ra3d.augmentation.retrieval_augmentation import RetrievalAugmentation
 from ra3d.cameras import Cameras
 from ra3d.errors import CheckpointError, ConfigError
 from ra3d.export.options import ExportOptions
 from ra3d.export.pipeline import describe_written, export_particles
 from ra3d.guidance.base import Guidance, GuidanceOutput
+from ra3d.io import write_gif_atomic, write_image_atomic
 from ra3d.representations.base import RenderOutput, Representation
 from ra3d.representations.convert import ConversionOptions
 from ra3d.representations.metrics import foreground_psnr, silhouette_iou
@@ -47,13 +49,7 @@ from ra3d.training.checks import (
     check_same_prompt,
 )
 from ra3d.training.stages import GUIDE_ON, guidance_image, inherit, load_matching
-from ra3d.training.visuals import (
-    side_by_side,
-    tile_grid,
-    to_uint8,
-    write_gif_atomic,
-    write_image_atomic,
-)
+from ra3d.training.visuals import side_by_side, tile_grid, to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +89,7 @@ class RA3DSystem(pl.LightningModule):
         turntable_fps: frame rate of the GIFs written at validation and test time.
         retrieval: the retrieved-asset section (:class:`~ra3d.augmentation.assets.RetrievalConfig`);
             None or ``enabled: false`` runs without assets.
-        adaptation: Eq. 12's view adapter ω (:class:`~ra3d.augmentation.retrieval_augmentation.AdaptationConfig`);
+        adaptation: Eq. 12's view adapter ω (:class:`~ra3d.augmentation.adaptation.AdaptationConfig`);
             needs ``retrieval``.
         asset_terms: weights of the compared quantities of Eq. 11 (``rgb``, ``opacity``,
             ``depth``, ``normal``); default colour and silhouette.

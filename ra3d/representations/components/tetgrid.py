@@ -25,13 +25,14 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ra3d.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -153,15 +154,8 @@ def _generate_vertices(resolution: int) -> np.ndarray:
 
 
 def _write_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The grid cache ``.npz``, written by ra3d's one atomic-write rule (:mod:`ra3d.io`)."""
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 @lru_cache(maxsize=4)
