@@ -157,7 +157,7 @@ def select_pieces(
 
 def _validate(path: Path) -> object:
     """Validate the way retrieval loads assets (full-size textures: they must decode too)."""
-    return load_mesh(path)
+    return load_mesh(path, quiet=True)
 
 
 def write_attribution(out: Path, db: AssetDatabase, catalog: Sh3fCatalog, provenance: str) -> None:

@@ -36,9 +36,14 @@ from ra3d.io import (
     write_text_atomic,
 )
 from ra3d.training.callbacks import save_checkpoint_atomic
-from tests.test_export import _max_density, nerf_checkpoint  # noqa: F401  (a fixture)
+from tests.toys import max_density, write_nerf_checkpoint
 
 MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def nerf_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_nerf_checkpoint(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture
@@ -275,7 +280,7 @@ def test_checkpoint_save_on_a_full_disk_keeps_last_ckpt(small_disk) -> None:
 
 
 def _export_args(run: Path, out: Path) -> list[str]:
-    threshold = 0.5 * _max_density(run)  # the blob's surface exists at half its peak
+    threshold = 0.5 * max_density(run)  # the blob's surface exists at half its peak
     return [
         "export", str(run), "--resolution", "24", "--texture-size", "64",
         "--threshold", str(threshold), "--no-turntable", "--out", str(out),
@@ -283,7 +288,7 @@ def _export_args(run: Path, out: Path) -> list[str]:
 
 
 def test_export_to_a_full_disk_is_one_error_and_leaves_only_complete_files(
-    nerf_checkpoint,  # noqa: F811  (the fixture imported from test_export)
+    nerf_checkpoint,
     tmp_path,
     capsys,
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -101,3 +103,55 @@ class FourierEncoding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sin(x @ self.proj.to(x.dtype))
+
+
+# ---------------------------------------------------------------------- a NeRF checkpoint
+NERF_ARGS = {
+    "radius": 1.0,
+    "n_samples_per_ray": 16,
+    "hidden_dim": 16,
+    "normal_type": "none",
+    "use_occupancy_grid": False,
+    "encoding": {"n_levels": 4, "log2_hashmap_size": 10, "base_resolution": 8, "backend": "torch"},
+}
+
+
+def write_nerf_checkpoint(run: Path) -> Path:
+    """Write into ``run`` a 2-particle NeRF checkpoint as ra3d fit writes it (state dict + ra3d
+    record), with one CC-BY retrieved asset, built directly (no training); returns ``run``."""
+    from ra3d.representations.nerf import InstantNGPNeRF
+    from ra3d.training.checkpoint import RunRecord
+
+    (run / "checkpoints").mkdir()
+    torch.manual_seed(0)
+    state = {}
+    for i in range(2):
+        for key, value in InstantNGPNeRF(**NERF_ARGS).state_dict().items():
+            state[f"particles.{i}.{key}"] = value
+    asset = {
+        "uid": "abc123", "caption": "a brown teddy bear", "score": 0.9, "mesh_path": "/nowhere.glb",
+        "source": "objaverse", "license": "CC-BY-4.0", "attribution": "Jane Doe",
+    }  # fmt: skip
+    record = RunRecord(
+        prompt="a teddy bear",
+        n_particles=2,
+        representation={
+            "class_path": "ra3d.representations.nerf.InstantNGPNeRF",
+            "init_args": NERF_ARGS,
+        },
+        retrieval={"assets": [asset], "assignment": [0, 0]},
+    )
+    torch.save({"state_dict": state, "ra3d": record.to_dict()}, run / "checkpoints" / "last.ckpt")
+    return run
+
+
+def max_density(run: Path) -> float:
+    """The highest density of particle 0 of a run on a 24³ grid inside its sphere."""
+    from ra3d.training.checkpoint import load_run
+
+    nerf = load_run(run).particles[0]
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, 24)] * 3, indexing="ij"), -1).reshape(
+        -1, 3
+    )
+    with torch.no_grad():
+        return float(nerf.density(grid[grid.norm(dim=-1) <= 1]).max())

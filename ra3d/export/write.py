@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import os  # noqa: F401  (tests patch ``ra3d.export.write.os.fsync``, the os module's own)
 from pathlib import Path
 from typing import Any
 

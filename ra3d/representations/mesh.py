@@ -384,6 +384,8 @@ def load_mesh(
     normalize: bool = True,
     radius: float = 0.5,
     max_texture_size: int = 1024,
+    *,
+    quiet: bool = False,
 ) -> MeshData:
     """Read a mesh file (OBJ/MTL/PNG, GLB/GLTF, PLY, STL, OFF) into ra3d's frame.
 
@@ -397,6 +399,7 @@ def load_mesh(
             threestudio's scene scale (cameras at distance 1–1.5, fovy 40–70°).
         max_texture_size: textures are downscaled (bilinear) so their longest side is at most
             this; renders are 64–512 px, so larger textures only cost memory.
+        quiet: skip the INFO line about the loaded mesh (importers validate thousands).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -469,11 +472,12 @@ def load_mesh(
         scale=float(scale),
         source=str(path),
     )
-    logger.info(
-        "loaded %s: %d vertices, %d faces, %d part(s), up=%s, textures=%d",
-        path, data.num_vertices, data.num_faces, len(parts), axis,
-        0 if data.texture_tiles is None else data.texture_tiles.shape[0],
-    )  # fmt: skip
+    if not quiet:
+        logger.info(
+            "loaded %s: %d vertices, %d faces, %d part(s), up=%s, textures=%d",
+            path, data.num_vertices, data.num_faces, len(parts), axis,
+            0 if data.texture_tiles is None else data.texture_tiles.shape[0],
+        )  # fmt: skip
     return data
 
 

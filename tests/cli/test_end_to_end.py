@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from ra3d.cli import main
+from tests.paths import CONFIGS
 
-DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+DEMO = str(CONFIGS / "demo.yaml")
 SMALL = [
     "--data.height", "16", "--data.width", "16", "--data.eval_height", "16",
     "--data.eval_width", "16", "--data.n_val_views", "2", "--trainer.val_check_interval", "3",
@@ -92,7 +93,7 @@ def test_test_subcommand_writes_a_turntable(tmp_path: Path) -> None:
 
 
 def test_chain_goes_from_prompt_to_textured_glb(tmp_path: Path, capsys) -> None:
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = CONFIGS
     tiny = ("--trainer.max_steps 2 --trainer.val_check_interval 2 --trainer.limit_val_batches 1 "
             "--data.height 16 --data.width 16 --data.eval_height 16 --data.eval_width 16 "
             "--data.n_val_views 1 --trainer.enable_progress_bar false "

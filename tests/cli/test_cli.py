@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from ra3d.cli import main
+from tests.paths import CONFIGS
 
-DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+DEMO = str(CONFIGS / "demo.yaml")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

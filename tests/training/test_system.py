@@ -13,6 +13,7 @@ from ra3d.errors import CheckpointError, ConfigError
 from ra3d.training.callbacks import FinalCheckpoint
 from ra3d.training.data import RandomCameraDataModule
 from ra3d.training.system import RA3DSystem
+from tests.paths import CONFIGS
 from tests.toys import ColorField, NoisyTargetGuidance
 
 
@@ -154,9 +155,7 @@ def test_non_finite_settings_are_refused(kwargs: dict, key: str) -> None:
 def test_coarse_config_uses_threestudio_view_thresholds() -> None:
     import yaml
 
-    config = yaml.safe_load(
-        (Path(__file__).resolve().parents[1] / "configs" / "coarse_nerf.yaml").read_text()
-    )
+    config = yaml.safe_load((CONFIGS / "coarse_nerf.yaml").read_text())
     guidance = config["model"]["guidance"]["init_args"]
     # threestudio's prolificdreamer.yaml prompt_processor: front_threshold 30, back_threshold 30
     assert guidance["front_threshold"] == 30.0 and guidance["back_threshold"] == 30.0

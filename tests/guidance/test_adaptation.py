@@ -33,8 +33,9 @@ from ra3d.guidance.prior import DiffusionPrior
 from ra3d.guidance.sds import VIEW_ADAPTER, SDSGuidance
 from ra3d.guidance.vsd import VSD_ADAPTER, VSDGuidance
 from ra3d.representations.mesh import MeshAsset
+from tests.paths import STARTER_MODELS
 
-STARTER = Path(__file__).resolve().parents[1] / "ra3d" / "assets" / "starter" / "models"
+STARTER = STARTER_MODELS
 BOX = STARTER / "blend-swap-cc-0-box" / "box.obj"
 PROMPT = "a wooden box"
 

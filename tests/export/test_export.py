@@ -39,9 +39,11 @@ from ra3d.representations.base import RenderOutput, Representation, TriangleMesh
 from ra3d.representations.components.rasterize import Rasterizer
 from ra3d.representations.mesh import Y_UP_TO_Z_UP, MeshAsset, MeshData, load_mesh, sample_texture
 from ra3d.representations.metrics import foreground_psnr, silhouette_iou
-from ra3d.training.checkpoint import RunRecord, load_run
+from ra3d.training.checkpoint import load_run
+from tests.paths import BROWSER
+from tests.toys import max_density, write_nerf_checkpoint
 
-BROWSER_DIR = Path(__file__).parent / "browser"
+BROWSER_DIR = BROWSER
 NODE_MODULES = BROWSER_DIR / "node_modules"
 SMALL = {"turntable": False, "viewer": False}
 
@@ -371,57 +373,13 @@ def test_viewer_page_shows_the_textured_glb_in_chromium(tmp_path) -> None:
 
 
 # ---------------------------------------------------------------------- checkpoints and CLI
-NERF_ARGS = {
-    "radius": 1.0,
-    "n_samples_per_ray": 16,
-    "hidden_dim": 16,
-    "normal_type": "none",
-    "use_occupancy_grid": False,
-    "encoding": {"n_levels": 4, "log2_hashmap_size": 10, "base_resolution": 8, "backend": "torch"},
-}
-
-
 @pytest.fixture(scope="module")
 def nerf_checkpoint(tmp_path_factory) -> Path:
-    """A 2-particle NeRF checkpoint as ra3d fit writes it (state dict + ra3d record), with one
-    CC-BY retrieved asset, built directly (no training)."""
-    from ra3d.representations.nerf import InstantNGPNeRF
-
-    run = tmp_path_factory.mktemp("run")
-    (run / "checkpoints").mkdir()
-    torch.manual_seed(0)
-    state = {}
-    for i in range(2):
-        for key, value in InstantNGPNeRF(**NERF_ARGS).state_dict().items():
-            state[f"particles.{i}.{key}"] = value
-    asset = {
-        "uid": "abc123", "caption": "a brown teddy bear", "score": 0.9, "mesh_path": "/nowhere.glb",
-        "source": "objaverse", "license": "CC-BY-4.0", "attribution": "Jane Doe",
-    }  # fmt: skip
-    record = RunRecord(
-        prompt="a teddy bear",
-        n_particles=2,
-        representation={
-            "class_path": "ra3d.representations.nerf.InstantNGPNeRF",
-            "init_args": NERF_ARGS,
-        },
-        retrieval={"assets": [asset], "assignment": [0, 0]},
-    )
-    torch.save({"state_dict": state, "ra3d": record.to_dict()}, run / "checkpoints" / "last.ckpt")
-    return run
-
-
-def _max_density(run: Path) -> float:
-    nerf = load_run(run).particles[0]
-    grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, 24)] * 3, indexing="ij"), -1).reshape(
-        -1, 3
-    )
-    with torch.no_grad():
-        return float(nerf.density(grid[grid.norm(dim=-1) <= 1]).max())
+    return write_nerf_checkpoint(tmp_path_factory.mktemp("run"))
 
 
 def test_cli_exports_both_particles_of_a_nerf_checkpoint(nerf_checkpoint, capsys) -> None:
-    threshold = 0.5 * _max_density(nerf_checkpoint)  # the blob's surface exists at half its peak
+    threshold = 0.5 * max_density(nerf_checkpoint)  # the blob's surface exists at half its peak
     code = main([
         "export", str(nerf_checkpoint), "--resolution", "24", "--texture-size", "64",
         "--threshold", str(threshold), "--no-turntable",
@@ -490,19 +448,20 @@ def test_cli_errors_are_one_clear_message(case, nerf_checkpoint, tmp_path, capsy
 def test_interrupted_export_leaves_no_half_written_file(tmp_path, monkeypatch) -> None:
     """An exception while the OBJ's bytes are being written leaves neither a partial OBJ nor a
     temporary file, and an earlier complete file of the same name is left intact."""
-    import ra3d.export.write as writer
+    import ra3d.io
 
     (tmp_path / "e.obj").write_text("earlier export\n")
-    calls = {"n": 0}
     real_fsync = os.fsync
 
     def failing_fsync(fd: int) -> None:
-        calls["n"] += 1
-        if calls["n"] == 3:  # png, mtl, then the obj: its bytes are in the temporary file
+        # Interrupt when the OBJ's bytes are in its temporary file (written, not yet renamed).
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".partial") and ".e.obj." in os.readlink(
+            f"/proc/self/fd/{fd}"
+        ):
             raise KeyboardInterrupt
         real_fsync(fd)
 
-    monkeypatch.setattr(writer.os, "fsync", failing_fsync)
+    monkeypatch.setattr(ra3d.io.os, "fsync", failing_fsync)
     rep = AnalyticTexturedMesh(*ellipsoid(2))
     with pytest.raises(KeyboardInterrupt):
         export_representation(rep, tmp_path, "e", ExportOptions(texture_size=32, **SMALL))

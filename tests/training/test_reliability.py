@@ -448,7 +448,7 @@ def test_kill_9_during_a_save_keeps_the_old_checkpoint_and_the_next_run_cleans_u
 # ------------------------------------------------------------------ database import
 def test_damaged_sh3f_member_is_one_error_and_leaves_no_folder(tmp_path: Path) -> None:
     from ra3d.retrieval.database import DatabaseError
-    from tests.test_database import build_sh3f
+    from tests.retrieval.test_database import build_sh3f
 
     archive = build_sh3f(tmp_path / "cat.sh3f")
     with zipfile.ZipFile(archive) as zf:
@@ -496,7 +496,7 @@ def test_database_and_retrieval_bad_inputs(
 def test_retrieve_refuses_an_empty_query_and_says_when_k_exceeds_the_database(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.test_retrieval import make_db
+    from tests.retrieval.test_retrieval import make_db
 
     code, out = run(capsys, "retrieve", "  ")
     assert code == 2 and "the prompt is empty" in out and "Traceback" not in out

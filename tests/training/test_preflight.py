@@ -16,8 +16,7 @@ import yaml
 from ra3d.errors import ConfigError
 from ra3d.training import preflight
 from ra3d.training.preflight import NERF_CLASS, PER_RAY_FLOATS, estimate_train_bytes
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from tests.paths import CONFIGS
 
 
 def nerf_config(occupancy: bool, max_steps: int = 10000) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from ra3d.cameras import make_cameras
 from ra3d.representations.base import RenderOutput
 from ra3d.representations.components.volume import surface_nets
 from ra3d.representations.nerf import InstantNGPNeRF
+from tests.paths import FIXTURES
 from tests.toys import FourierEncoding
 
 ALBEDO = (0.2, 0.4, 0.6)
@@ -476,7 +476,7 @@ def test_bad_encoding_and_mesh_arguments() -> None:
 
 
 # ---------------------------------------------------------------------- checkpoint layout
-OLD_LAYOUT_FIXTURE = Path(__file__).parent / "fixtures" / "nerf_state_dict_v0.pt"
+OLD_LAYOUT_FIXTURE = FIXTURES / "nerf_state_dict_v0.pt"
 
 
 def _fixture_nerf() -> InstantNGPNeRF:

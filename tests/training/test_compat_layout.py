@@ -15,9 +15,9 @@ import torch
 
 from ra3d.cli import main
 from ra3d.training.checkpoint import load_run
+from tests.paths import CONFIGS, FIXTURES
 
-FIXTURE = Path(__file__).parent / "fixtures" / "pre_layout_run"
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FIXTURE = FIXTURES / "pre_layout_run"
 QUIET = ["--trainer.enable_progress_bar", "false"]
 
 
