@@ -58,7 +58,6 @@ from ra3d.guidance.adapter_cache import (
     sidecar_path,
     write_json_atomic,
 )
-from ra3d.guidance.lora import lora_config
 from ra3d.guidance.prior import DiffusionPrior, ra3d_cache_dir
 from ra3d.guidance.sds import VIEW_ADAPTER, SDSGuidance, check_finite
 from ra3d.representations.mesh import SHADINGS, MeshAsset
@@ -386,6 +385,8 @@ def adapt_prior(
     # peft draws LoRA's A from the global RNG: seed it from the settings (ω is then a function
     # of the settings alone) inside a fork, so the caller's RNG stream is left as it was.
     cuda = [prior.device.index or 0] if prior.device.type == "cuda" else []
+    from ra3d.guidance.lora import lora_config  # peft: only when ω is trained (not for --help)
+
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(settings.seed)
         params = manager.add(
