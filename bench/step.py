@@ -55,11 +55,11 @@ def main() -> int:
     from lightning.pytorch.cli import LightningCLI
 
     from ra3d.training.data import RandomCameraDataModule
-    from ra3d.training.system import RA3DSystem
+    from ra3d.training.system import Ra3dSystem
 
     overrides = [f"--{item}" if "=" in item else item for item in args.set]
     sys.argv = ["bench", "--config", args.config, *overrides]
-    cli = LightningCLI(RA3DSystem, RandomCameraDataModule, run=False, seed_everything_default=0)
+    cli = LightningCLI(Ra3dSystem, RandomCameraDataModule, run=False, seed_everything_default=0)
     timer = StepTimer()
     trainer = pl.Trainer(
         max_steps=args.warmup + args.steps, accelerator=args.accelerator, logger=False,

@@ -34,7 +34,7 @@ from ra3d.training.callbacks import DivergenceGuard, FinalCheckpoint, GracefulSt
 from ra3d.training.checks import check_prompt
 from ra3d.training.data import RandomCameraDataModule
 from ra3d.training.progress import StepProgressBar
-from ra3d.training.system import RA3DSystem
+from ra3d.training.system import Ra3dSystem
 
 logger = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def run(argv: list[str]) -> int:
         sys.argv = ["ra3d", argv[0], *rest]  # LightningCLI reads sys.argv; passing args too warns
         with _quiet_lightning():
             Ra3dCLI(
-                RA3DSystem,
+                Ra3dSystem,
                 RandomCameraDataModule,
                 seed_everything_default=0,
                 save_config_callback=RunConfig,

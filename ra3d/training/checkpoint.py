@@ -1,6 +1,6 @@
 """What a ra3d checkpoint records about its run, and loading a run's particles back.
 
-Every checkpoint written by :class:`~ra3d.training.system.RA3DSystem` carries, besides Lightning's own
+Every checkpoint written by :class:`~ra3d.training.system.Ra3dSystem` carries, besides Lightning's own
 entries, a ``checkpoint["ra3d"]`` dict (:class:`RunRecord`): the prompt, the number of particles,
 how to rebuild one particle (its ``class_path`` and ``init_args``), the stage, and — for
 retrieval-augmented runs — the retrieved assets, the one-hot assignment π of Eq. 10 (as the asset

@@ -66,7 +66,7 @@ def _finite(value: float, name: str) -> float:
     return value
 
 
-class RA3DSystem(pl.LightningModule):
+class Ra3dSystem(pl.LightningModule):
     """Score-distillation training of ``n_particles`` representations for one prompt, guided by
     retrieved 3D assets when ``retrieval`` is set.
 

@@ -22,7 +22,7 @@ from ra3d.representations.nerf import InstantNGPNeRF
 from ra3d.training.callbacks import FinalCheckpoint
 from ra3d.training.checkpoint import read_checkpoint
 from ra3d.training.data import RandomCameraDataModule
-from ra3d.training.system import RA3DSystem
+from ra3d.training.system import Ra3dSystem
 from tests.toys import ColorField, FreeImage, NoisyTargetGuidance
 
 
@@ -34,7 +34,7 @@ def cams(n: int = 1, size: int = 4):
 def test_asset_loss_gradient_is_the_closed_form_per_particle_with_routing() -> None:
     lam, sigma, pi = 3.0, 2.0, [1, 0, 1]
     torch.manual_seed(0)
-    system = RA3DSystem(
+    system = Ra3dSystem(
         prompt="a cube", representation=functools.partial(FreeImage, 4, 4),
         guidance=NoisyTargetGuidance(), n_particles=3,
         loss_weights={"asset": lam}, asset_terms={"rgb": 1.0}, asset_sigma=sigma,
@@ -161,7 +161,7 @@ def _meshes(tmp_path: Path) -> list[str]:
     return [str(box), str(ball)]
 
 
-def _fit(tmp_path: Path, system: RA3DSystem, steps: int, ckpt: Path | None = None) -> pl.Trainer:
+def _fit(tmp_path: Path, system: Ra3dSystem, steps: int, ckpt: Path | None = None) -> pl.Trainer:
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", default_root_dir=tmp_path, logger=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, callbacks=[FinalCheckpoint()],
@@ -176,7 +176,7 @@ def test_delta_reference_is_the_assigned_asset_rendered_at_the_step_cameras(tmp_
     paths = _meshes(tmp_path)
     retrieval = RetrievalConfig(assets=paths, captions=["a box", "a ball"], preview_size=16)
     spy = SpyGuidance()
-    system = RA3DSystem(prompt="a box", representation=ColorField, guidance=spy, n_particles=2,
+    system = Ra3dSystem(prompt="a box", representation=ColorField, guidance=spy, n_particles=2,
                         retrieval=retrieval, loss_weights={"asset": 1.0})  # fmt: skip
     _fit(tmp_path, system, 2)
     pi = system.augmentation.assignment
@@ -194,7 +194,7 @@ def test_delta_reference_is_the_assigned_asset_rendered_at_the_step_cameras(tmp_
 
 def test_no_reference_without_delta_distillation(tmp_path: Path) -> None:
     spy = SpyGuidance()
-    system = RA3DSystem(prompt="a box", representation=ColorField, guidance=spy, n_particles=1,
+    system = Ra3dSystem(prompt="a box", representation=ColorField, guidance=spy, n_particles=1,
                         retrieval=RetrievalConfig(assets=_meshes(tmp_path)[:1], preview_size=16),
                         delta_distillation=False, loss_weights={"asset": 1.0})  # fmt: skip
     _fit(tmp_path, system, 1)
@@ -204,8 +204,8 @@ def test_no_reference_without_delta_distillation(tmp_path: Path) -> None:
 def test_assignment_and_assets_survive_save_and_resume(tmp_path: Path, monkeypatch) -> None:
     paths = _meshes(tmp_path)
 
-    def make(assignment: str) -> RA3DSystem:
-        return RA3DSystem(prompt="a box", representation=ColorField, guidance=NoisyTargetGuidance(),
+    def make(assignment: str) -> Ra3dSystem:
+        return Ra3dSystem(prompt="a box", representation=ColorField, guidance=NoisyTargetGuidance(),
                           n_particles=2, loss_weights={"asset": 1.0},
                           retrieval=RetrievalConfig(assets=paths, assignment=assignment, preview_size=16))  # fmt: skip
 
@@ -229,11 +229,11 @@ def test_assignment_and_assets_survive_save_and_resume(tmp_path: Path, monkeypat
 
 def test_missing_asset_mesh_on_resume_is_one_clear_error(tmp_path: Path) -> None:
     paths = _meshes(tmp_path)
-    system = RA3DSystem(prompt="a box", representation=ColorField, guidance=NoisyTargetGuidance(),
+    system = Ra3dSystem(prompt="a box", representation=ColorField, guidance=NoisyTargetGuidance(),
                         n_particles=1, retrieval=RetrievalConfig(assets=paths[:1], preview_size=16))  # fmt: skip
     _fit(tmp_path / "a", system, 1)
     Path(paths[0]).unlink()
-    again = RA3DSystem(prompt="a box", representation=ColorField, guidance=NoisyTargetGuidance(),
+    again = Ra3dSystem(prompt="a box", representation=ColorField, guidance=NoisyTargetGuidance(),
                        n_particles=1, retrieval=RetrievalConfig(assets=paths[:1], preview_size=16))  # fmt: skip
     with pytest.raises(ConfigError, match="missing: user-0-box"):
         _fit(tmp_path / "a", again, 2, ckpt=tmp_path / "a" / "checkpoints" / "last.ckpt")

@@ -32,7 +32,7 @@ from ra3d.training.callbacks import DivergenceGuard, FinalCheckpoint, save_check
 from ra3d.training.checkpoint import read_checkpoint
 from ra3d.training.data import RandomCameraDataModule
 from ra3d.training.run_folder import RunLock
-from ra3d.training.system import RA3DSystem
+from ra3d.training.system import Ra3dSystem
 from tests.toys import ColorField, NoisyTargetGuidance
 
 
@@ -100,13 +100,13 @@ def good_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ------------------------------------------------------------------ divergence
-def make_system(loss_weights: dict) -> RA3DSystem:
-    return RA3DSystem(prompt="a cube", representation=ColorField, guidance=NoisyTargetGuidance(),
+def make_system(loss_weights: dict) -> Ra3dSystem:
+    return Ra3dSystem(prompt="a cube", representation=ColorField, guidance=NoisyTargetGuidance(),
                       n_particles=2, loss_weights=loss_weights,
                       learning_rates={"encoding": 0.05, "default": 0.01})  # fmt: skip
 
 
-def fit(root: Path, system: RA3DSystem, max_steps: int, guard: DivergenceGuard) -> pl.Trainer:
+def fit(root: Path, system: Ra3dSystem, max_steps: int, guard: DivergenceGuard) -> pl.Trainer:
     trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", default_root_dir=root,
                          logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, limit_val_batches=0,
@@ -156,7 +156,7 @@ class NaNAtSteps(NoisyTargetGuidance):
 def test_isolated_nan_steps_are_skipped_and_the_run_finishes(tmp_path: Path) -> None:
     """NaN at steps 2 and 4 (never twice in a row, limit 2): the run finishes, and each skipped
     step leaves every parameter exactly as the step before left it."""
-    system = RA3DSystem(prompt="a cube", representation=ColorField,
+    system = Ra3dSystem(prompt="a cube", representation=ColorField,
                         guidance=NaNAtSteps((2, 4)), n_particles=1)  # fmt: skip
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
 

@@ -19,7 +19,7 @@ from ra3d.training.callbacks import FinalCheckpoint
 from ra3d.training.checkpoint import read_checkpoint
 from ra3d.training.data import RandomCameraDataModule
 from ra3d.training.stages import guidance_image
-from ra3d.training.system import RA3DSystem
+from ra3d.training.system import Ra3dSystem
 from tests.toys import ColorField, NoisyTargetGuidance
 
 ENCODING = {"n_levels": 2, "n_features_per_level": 2, "log2_hashmap_size": 8, "backend": "torch"}
@@ -30,7 +30,7 @@ FINE = functools.partial(DMTet, grid_resolution=12, encoding=ENCODING, hidden_di
 OPTIONS = ConversionOptions(threshold=3.0, margin=0.1)
 
 
-def _fit(root: Path, system: RA3DSystem, steps: int, ckpt: Path | None = None) -> Path:
+def _fit(root: Path, system: Ra3dSystem, steps: int, ckpt: Path | None = None) -> Path:
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", default_root_dir=root, logger=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, callbacks=[FinalCheckpoint()],
@@ -48,7 +48,7 @@ def coarse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     ball = root / "ball.ply"
     trimesh.creation.icosphere(subdivisions=2).export(ball)
     paths = [str(box), str(ball)]
-    system = RA3DSystem(prompt="a box", representation=NERF, guidance=NoisyTargetGuidance(),
+    system = Ra3dSystem(prompt="a box", representation=NERF, guidance=NoisyTargetGuidance(),
                         n_particles=2, loss_weights={"asset": 1.0},
                         retrieval=RetrievalConfig(assets=paths, preview_size=16))  # fmt: skip
     return _fit(root / "run", system, 1), paths
@@ -56,8 +56,8 @@ def coarse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
 
 def fine_system(
     ckpt: Path, prompt: str | None = None, n_particles: int = 2, **kwargs
-) -> RA3DSystem:
-    return RA3DSystem(prompt=prompt, representation=FINE, guidance=NoisyTargetGuidance(),
+) -> Ra3dSystem:
+    return Ra3dSystem(prompt=prompt, representation=FINE, guidance=NoisyTargetGuidance(),
                       n_particles=n_particles, init_from=str(ckpt), init_options=OPTIONS,
                       retrieval=RetrievalConfig(preview_size=16), loss_weights={"asset": 1.0},
                       stage="geometry", **kwargs)  # fmt: skip
@@ -86,7 +86,7 @@ def test_fine_run_inherits_prompt_assets_and_assignment(
 
 def test_texture_phase_keeps_geometry_fixed_and_takes_dmtet_state(coarse, tmp_path: Path) -> None:
     geometry_ckpt = _fit(tmp_path / "geo", fine_system(coarse[0]), 1)
-    texture = RA3DSystem(prompt=None, representation=FINE, guidance=NoisyTargetGuidance(),
+    texture = Ra3dSystem(prompt=None, representation=FINE, guidance=NoisyTargetGuidance(),
                          n_particles=2, init_from=str(geometry_ckpt), freeze_geometry=True,
                          retrieval=RetrievalConfig(preview_size=16), stage="texture")  # fmt: skip
     _, state, _ = read_checkpoint(geometry_ckpt)
@@ -120,7 +120,7 @@ def test_init_from_errors_are_clear(coarse, tmp_path: Path) -> None:
         fine_system(ckpt, n_particles=1)
     with pytest.raises(ConfigError, match="was trained for 'a box', not 'a ball'"):
         fine_system(ckpt, prompt="a ball")
-    toy = RA3DSystem(prompt="a box", representation=ColorField, guidance=NoisyTargetGuidance())
+    toy = Ra3dSystem(prompt="a box", representation=ColorField, guidance=NoisyTargetGuidance())
     toy_ckpt = _fit(tmp_path / "toy", toy, 1)
     with pytest.raises(CheckpointError, match="cannot initialise a DMTet from a ColorField"):
         fine_system(toy_ckpt, n_particles=1)

@@ -12,14 +12,14 @@ from PIL import Image
 from ra3d.errors import CheckpointError, ConfigError
 from ra3d.training.callbacks import FinalCheckpoint
 from ra3d.training.data import RandomCameraDataModule
-from ra3d.training.system import RA3DSystem
+from ra3d.training.system import Ra3dSystem
 from tests.paths import CONFIGS
 from tests.toys import ColorField, NoisyTargetGuidance
 
 
-def make_system(n_particles: int = 2) -> RA3DSystem:
+def make_system(n_particles: int = 2) -> Ra3dSystem:
     torch.manual_seed(0)
-    return RA3DSystem(prompt="a cube", representation=ColorField, guidance=NoisyTargetGuidance(),
+    return Ra3dSystem(prompt="a cube", representation=ColorField, guidance=NoisyTargetGuidance(),
                       n_particles=n_particles, loss_weights={"guidance": 1.0, "sparsity": 0.1},
                       learning_rates={"encoding": 0.05, "default": 0.01})  # fmt: skip
 
@@ -36,7 +36,7 @@ def make_data() -> RandomCameraDataModule:
                                   n_val_views=2, seed=3)  # fmt: skip
 
 
-def particle_state(system: RA3DSystem) -> dict[str, torch.Tensor]:
+def particle_state(system: Ra3dSystem) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in system.particles.state_dict().items()}
 
 
@@ -106,7 +106,7 @@ def test_optimizer_groups_follow_learning_rates() -> None:
 @pytest.mark.parametrize("prompt", ["", "   \n"])
 def test_empty_prompt_is_rejected(prompt: str) -> None:
     with pytest.raises(ConfigError, match="prompt is empty"):
-        RA3DSystem(prompt=prompt, representation=ColorField, guidance=NoisyTargetGuidance())
+        Ra3dSystem(prompt=prompt, representation=ColorField, guidance=NoisyTargetGuidance())
 
 
 def test_weight_decay_defaults_to_what_threestudio_runs() -> None:
@@ -119,7 +119,7 @@ def test_weight_decay_defaults_to_what_threestudio_runs() -> None:
 def test_guidance_terms_are_weighted_separately() -> None:
     from ra3d.guidance.base import GuidanceOutput
 
-    system = RA3DSystem(prompt="a cube", representation=ColorField, guidance=NoisyTargetGuidance(),
+    system = Ra3dSystem(prompt="a cube", representation=ColorField, guidance=NoisyTargetGuidance(),
                         loss_weights={"guidance": 2.0, "toy": 0.25})  # fmt: skip
     a, b = torch.tensor(3.0, requires_grad=True), torch.tensor(5.0, requires_grad=True)
     out = GuidanceOutput(loss=a + b, terms={"loss_toy": a, "loss_other": b})
@@ -134,7 +134,7 @@ def test_unknown_loss_weight_key_lists_the_known_ones() -> None:
         ConfigError,
         match=r"unknown loss_weights key\(s\) \['sparsty'\].*'asset'.*'sparsity'.*'toy'",
     ):
-        RA3DSystem(prompt="a cube", representation=ColorField, guidance=NoisyTargetGuidance(),
+        Ra3dSystem(prompt="a cube", representation=ColorField, guidance=NoisyTargetGuidance(),
                    loss_weights={"sparsty": 1.0})  # fmt: skip
 
 
@@ -147,7 +147,7 @@ def test_unknown_loss_weight_key_lists_the_known_ones() -> None:
 )  # fmt: skip
 def test_non_finite_settings_are_refused(kwargs: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
-        RA3DSystem(
+        Ra3dSystem(
             prompt="a cube", representation=ColorField, guidance=NoisyTargetGuidance(), **kwargs
         )
 
