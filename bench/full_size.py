@@ -190,7 +190,7 @@ def main() -> int:
         cuda = "–" if r["cuda_peak_gib"] is None else f"{r['cuda_peak_gib']:.1f}"
         print(f"| {r['phase']} | {r['s_per_step']:.2f} | {r['first_step_s']:.2f} | "
               f"{r['peak_rss_gib']:.1f} | {cuda} | {r['preflight_lower_gib']:.2f}–"
-              f"{r["preflight_upper_gib"]:.2f} | {r['stage_wall_s']:.0f} |")  # fmt: skip
+              f"{r['preflight_upper_gib']:.2f} | {r['stage_wall_s']:.0f} |")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
