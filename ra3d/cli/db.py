@@ -3,7 +3,8 @@
     ra3d db info [--db PATH]
     ra3d db import folder PATH --captions CSV --db OUT [--license L] [--attribution A]
     ra3d db import sh3f FILE --db OUT
-    ra3d db import objaverse --cap3d CSV (--uids FILE | --limit N) --db OUT
+    ra3d db import objaverse --cap3d CSV --db OUT [--uids FILE | --limit N] [--mirror DIR]
+                             [--annotations] [--license L ...] [--download [--processes P]]
 
 User errors print one ``ra3d db: error: ...`` line and return 2; an import that skipped every
 mesh returns 1; skipped meshes are listed as warnings on stderr.
@@ -58,19 +59,34 @@ def build_parser() -> argparse.ArgumentParser:
     sh3f.add_argument("file", type=Path)
     sh3f.add_argument("--db", type=Path, required=True)
 
-    obj = kinds.add_parser("objaverse", help="Objaverse objects with Cap3D captions (network)")
-    obj.add_argument("--cap3d", type=Path, required=True, help="Cap3D captions CSV (uid,caption)")
-    pick = obj.add_mutually_exclusive_group(required=True)
-    pick.add_argument("--uids", type=Path, help="text file with one Objaverse uid per line")
-    pick.add_argument("--limit", type=int, help="import the first N captioned uids of the CSV")
-    obj.add_argument("--db", type=Path, required=True)
-    obj.add_argument("--processes", type=int, default=1, help="parallel download processes")
-    obj.add_argument(
-        "--license",
-        action="append",
-        default=None,
-        help="only import objects under this licence (repeatable, e.g. CC0-1.0, CC-BY)",
+    obj = kinds.add_parser(
+        "objaverse",
+        help="Objaverse objects with Cap3D captions: a catalog, meshes fetched when retrieved",
     )
+    obj.add_argument("--cap3d", type=Path, required=True, help="Cap3D captions CSV (uid,caption)")
+    pick = obj.add_mutually_exclusive_group()
+    pick.add_argument("--uids", type=Path, help="only the uids of this file (one per line)")
+    pick.add_argument("--limit", type=int, help="only the first N captioned uids of the CSV")
+    obj.add_argument("--db", type=Path, required=True)
+    obj.add_argument(
+        "--mirror", type=Path, default=None, metavar="DIR",
+        help="local copy of Objaverse (DIR/glbs/<group>/<uid>.glb, as the objaverse package lays "
+        "it out): retrieves take meshes from it instead of downloading them",
+    )  # fmt: skip
+    obj.add_argument(
+        "--annotations", action="store_true",
+        help="fetch licence and attribution of every recorded object now (default: when retrieved)",
+    )  # fmt: skip
+    obj.add_argument(
+        "--license", action="append", default=None,
+        help="only record objects under this licence (repeatable, e.g. CC0-1.0, CC-BY; fetches "
+        "the annotations)",
+    )  # fmt: skip
+    obj.add_argument(
+        "--download", action="store_true",
+        help="also download (and validate) the recorded objects' meshes now, for offline use",
+    )  # fmt: skip
+    obj.add_argument("--processes", type=int, default=1, help="parallel download processes")
     return parser
 
 
@@ -79,19 +95,41 @@ def _format_counts(counts: dict[str, int]) -> str:
 
 
 def _info(db_path: Path | None) -> int:
+    from ra3d.io import format_bytes
+    from ra3d.retrieval.fetch import mesh_availability
+
     db = AssetDatabase.open(db_path) if db_path is not None else default_database()
     s = db.summary()
+    meshes = mesh_availability(db)
+    catalog = s["catalog"] or "in memory"
+    if s["format"] == "jsonl":
+        catalog = f"manifest.jsonl, loaded into {catalog}"
+    else:
+        catalog = f"{catalog} ({format_bytes(s['catalog_bytes'])})"
     print(f"database:   {s['root']}")
+    print(f"catalog:    {catalog}")
     print(f"assets:     {s['assets']}")
-    print(f"manifest:   sha256 {s['manifest_hash'][:16]}")
+    print(f"manifest:   {s['manifest_hash'][:16]}")
     print(f"sources:    {_format_counts(s['sources'])}")
     print(f"licences:   {_format_counts(s['licenses'])}")
     print(f"categories: {_format_counts(s['categories'])}")
+    share = meshes["local"] / meshes["total"] if meshes["total"] else 1.0
+    local = f"{meshes['local']} of {meshes['total']} on this machine ({100 * share:.1f}%)"
+    if meshes["remote"]:
+        if meshes["remote_local"] is None:
+            local = f"{meshes['stored_present']} stored; {meshes['remote']} fetched on demand"
+        local += f"; {meshes['remote']} Objaverse object(s) fetched by {meshes['fetcher']}"
+    print(f"meshes:     {local}")
+    if s["annotations"]:
+        print(f"annotated:  {s['annotations']} asset(s) with cached licence and credit")
     if s["missing_meshes"]:
         print(f"missing:    {len(s['missing_meshes'])} mesh file(s): {s['missing_meshes'][:5]}")
     if s["cache_dir"]:
-        size_mb = s["cache_bytes"] / 2**20
-        print(f"cache:      {s['cache_dir']} ({s['cache_files']} files, {size_mb:.1f} MiB)")
+        print(
+            f"cache:      {s['cache_dir']} ({s['cache_files']} files, "
+            f"{format_bytes(s['cache_bytes'])}; fetched meshes: {meshes['mesh_cache_files']}, "
+            f"{format_bytes(meshes['mesh_cache_bytes'])})"
+        )
     else:
         print("cache:      empty (embeddings are computed on first retrieval)")
     return 0
@@ -131,6 +169,9 @@ def _import(args: argparse.Namespace) -> int:
             cap3d_csv=args.cap3d,
             uids=uids,
             limit=args.limit,
+            mirror=args.mirror,
+            annotations=args.annotations,
+            download=args.download,
             download_processes=args.processes,
             allowed_licenses=args.license,
         )

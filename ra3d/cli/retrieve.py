@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="prebuilt caption index folder (default: cached per database)",
     )
     p.add_argument("--index-kind", choices=("auto", "exact", "scann"), default="auto")
+    p.add_argument(
+        "--licenses", default=None, metavar="SPDX[,SPDX...]",
+        help="only assets under these licences, e.g. CC0-1.0,CC-BY-4.0 (a family such as CC-BY "
+        "accepts every version); applied before any mesh is fetched",
+    )  # fmt: skip
+    p.add_argument(
+        "--mirror", type=Path, default=None, metavar="DIR",
+        help="take Objaverse meshes from this local copy (DIR/glbs/<group>/<uid>.glb) instead of "
+        "the one recorded with the database or downloading them",
+    )  # fmt: skip
     p.add_argument("--no-rerank", action="store_true", help="rank by caption similarity only")
     p.add_argument("--no-align", action="store_true", help="skip frontal alignment")
     p.add_argument(
@@ -158,6 +168,17 @@ def main_retrieve(argv: list[str]) -> int:
 
     from ra3d.retrieval.search import TwoStageRetriever
 
+    fetcher = None
+    if args.mirror is not None:
+        from ra3d.retrieval.fetch import MirrorFetcher
+
+        fetcher = MirrorFetcher(args.mirror)
+    licenses = None
+    if args.licenses is not None:
+        from ra3d.retrieval.licenses import LicenseFilter
+
+        licenses = list(LicenseFilter.parse(args.licenses).allowed)  # type: ignore[union-attr]
+
     t0 = time.perf_counter()
     retriever = TwoStageRetriever(
         database=args.db,
@@ -171,6 +192,8 @@ def main_retrieve(argv: list[str]) -> int:
         clip_model=args.clip_model,
         clip_pretrained=args.clip_pretrained,
         device=args.device,
+        fetcher=fetcher,
+        licenses=licenses,
     )
     if args.rebuild:
         retriever.clear_cache()

@@ -9,10 +9,19 @@ Everything derived from the database is cached in ``database.cache_dir/retrieval
 
 * ``captions-<embedder>-<manifest>/`` — the caption vector index (exact or ScaNN), keyed by the
   embedder id and the manifest hash, so a new embedder or an edited database builds a new one;
-* ``views-<embedder>-<render settings>/<uid>-<record hash>.npy`` — ``[K, D]`` embeddings of each
+* ``views-<embedder>-<render settings>/<uid>-<mesh key>.npy`` — ``[K, D]`` embeddings of each
   asset's ``K`` orbit renders, computed on first use. Their mean is the asset's image embedding
   for the rerank, and the same ``K`` views score the frontal alignment, so one render pass serves
   both.
+
+Meshes on demand: a candidate's mesh that is not stored in the database (an Objaverse object) is
+fetched only when the candidate is reached (:mod:`ra3d.retrieval.fetch`), so a retrieve brings
+the N' candidates' meshes (for the rerank and alignment) and the N it returns, nothing else. A
+fetch that fails, or a mesh that fails to load, is skipped with a warning and the next caption
+match is taken. A licence filter is applied before anything is fetched: the caption search
+oversamples (:data:`LICENSE_OVERSAMPLE` matches per candidate wanted, doubling while too few
+pass, up to :data:`MAX_EXAMINED`), and the licences of Objaverse objects not yet annotated are
+fetched (and cached in the catalog) for the matches examined.
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ import logging
 import re
 import shutil
 import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ra3d.errors import ConfigError
+from ra3d.errors import ConfigError, Ra3dError
 from ra3d.io import atomic_write
 from ra3d.retrieval.align import (
     VIEW_PROMPTS,
@@ -46,6 +58,7 @@ from ra3d.retrieval.embed import (
     Embedder,
     make_embedder,
 )
+from ra3d.retrieval.fetch import MeshFetcher, default_fetcher
 from ra3d.retrieval.index import (
     IndexCorruptError,
     IndexNotFoundError,
@@ -53,10 +66,27 @@ from ra3d.retrieval.index import (
     build_index,
     load_index,
 )
+from ra3d.retrieval.licenses import (
+    LicenseFilter,
+    objaverse_provenance,
+    unknown_objaverse_provenance,
+)
 
 logger = logging.getLogger(__name__)
 
 CACHE_SUBDIR = "retrieval"
+#: With a licence filter, the first caption search looks at this many matches per candidate
+#: wanted (then twice as many, and so on, while too few pass).
+LICENSE_OVERSAMPLE = 8
+#: Most caption matches one retrieve examines (a licence filter few assets pass, or many failed
+#: fetches); beyond it the retrieve returns what it found, or fails with the reasons.
+MAX_EXAMINED = 100_000
+#: Captions embedded per call when the caption index is built here.
+CAPTION_CHUNK = 4096
+
+
+class NoUsableAssetError(Ra3dError, RuntimeError):
+    """No caption match could be used (licences refused, meshes not fetched or unreadable)."""
 
 
 def _slug(text: str, keep: int = 48) -> str:
@@ -65,9 +95,78 @@ def _slug(text: str, keep: int = 48) -> str:
     return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
-def _record_hash(record: AssetRecord) -> str:
-    blob = json.dumps(record.to_json(), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+def _mesh_key(record: AssetRecord) -> str:
+    """What identifies an asset's mesh (not its caption or licence, which annotations fill in
+    later): a re-imported asset gets a new folder, hence a new key; an Objaverse uid is one
+    immutable object."""
+    ident = [record.uid, record.mesh_store]
+    if record.mesh_store == "database":
+        ident.append(record.mesh_path)
+    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:12]
+
+
+@dataclass
+class _Candidate:
+    """One caption match on its way through the two stages."""
+
+    row: int
+    text_score: float
+    text_rank: int
+    record: AssetRecord
+    mesh: Path | None = None
+    mesh_from: str = ""
+    views: Tensor | None = None
+
+
+class _CandidateStream:
+    """Caption matches in rank order, read from the index in growing batches (a licence filter
+    refuses some; a failed fetch asks for the next); each batch reads only its own rows."""
+
+    def __init__(self, retriever: TwoStageRetriever, query: np.ndarray, first: int) -> None:
+        self.retriever = retriever
+        self.query = query
+        self.k = max(1, int(first))
+        self.cap = min(len(retriever.caption_index()), MAX_EXAMINED)
+        self.seen: set[int] = set()
+        self.buffer: deque[_Candidate] = deque()
+        self.exhausted = False
+        self.examined = 0
+        self.refused: Counter[str] = Counter()
+
+    def take(self, n: int) -> list[_Candidate]:
+        out: list[_Candidate] = []
+        while len(out) < n:
+            if not self.buffer and not self._grow():
+                break
+            if self.buffer:
+                out.append(self.buffer.popleft())
+        return out
+
+    def _grow(self) -> bool:
+        while not self.buffer:
+            if self.exhausted:
+                return False
+            k = min(self.k, self.cap)
+            scores, rows = self.retriever.caption_index().search(self.query, k)
+            found = [
+                (int(r), float(s), rank)
+                for rank, (r, s) in enumerate(zip(rows[0], scores[0], strict=True))
+                if r >= 0
+            ]
+            self.exhausted = k >= self.cap or len(found) < k
+            self.k = k * 2
+            new = [f for f in found if f[0] not in self.seen]
+            if not new:
+                continue
+            self.seen.update(r for r, _, _ in new)
+            self.examined += len(new)
+            records = self.retriever.database.records_at([r for r, _, _ in new])
+            candidates = [
+                _Candidate(row, score, rank, rec)
+                for (row, score, rank), rec in zip(new, records, strict=True)
+            ]
+            self.buffer.extend(self.retriever._licensed(candidates, self.refused))
+        return True
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
@@ -97,6 +196,12 @@ class TwoStageRetriever(Retriever):
         clip_model, clip_pretrained: the CLIP used when ``embedder`` is ``"clip"`` or ``"auto"``.
         device: torch device for the embedder and the renders.
         view_prompts: the alignment prompts, front first.
+        fetcher: how meshes not stored in the database (Objaverse objects) are brought here;
+            ``None``: :func:`ra3d.retrieval.fetch.default_fetcher` (the database's mirror, else
+            Objaverse downloads into its mesh cache).
+        licenses: accept only assets under these licences (SPDX ids such as ``CC0-1.0``; a family
+            such as ``CC-BY`` accepts every version, see :class:`LicenseFilter`); ``None``: all.
+            Applied before any mesh is fetched.
     """
 
     def __init__(
@@ -119,6 +224,8 @@ class TwoStageRetriever(Retriever):
         clip_pretrained: str | None = DEFAULT_CLIP_PRETRAINED,
         device: str = "cpu",
         view_prompts: tuple[str, ...] = VIEW_PROMPTS,
+        fetcher: MeshFetcher | None = None,
+        licenses: Sequence[str] | None = None,
     ) -> None:
         if int(n_candidates) < 1:
             raise ConfigError(f"n_candidates (N') must be >= 1, got {n_candidates}")
@@ -127,6 +234,10 @@ class TwoStageRetriever(Retriever):
         if int(n_views) < 2 or int(render_size) < 8:
             raise ConfigError(
                 f"need n_views >= 2 and render_size >= 8, got {n_views}, {render_size}"
+            )
+        if fetcher is not None and not isinstance(fetcher, MeshFetcher):
+            raise ConfigError(
+                f"fetcher must be a ra3d.retrieval.fetch.MeshFetcher, got {fetcher!r}"
             )
         self._database_arg = database
         self._embedder_arg = embedder
@@ -147,6 +258,9 @@ class TwoStageRetriever(Retriever):
         self.clip_model, self.clip_pretrained = clip_model, clip_pretrained
         self.device = device
         self.view_prompts = tuple(view_prompts)
+        self.license_filter = LicenseFilter.parse(licenses)
+        self.licenses = None if self.license_filter is None else list(self.license_filter.allowed)
+        self._fetcher = fetcher
         self._database: AssetDatabase | None = None
         self._embedder: Embedder | None = None
         self._index: VectorIndex | None = None
@@ -182,6 +296,13 @@ class TwoStageRetriever(Retriever):
         return self._embedder
 
     @property
+    def fetcher(self) -> MeshFetcher:
+        """The fetcher of meshes not stored in the database (made on first use)."""
+        if self._fetcher is None:
+            self._fetcher = default_fetcher(self.database)
+        return self._fetcher
+
+    @property
     def cache_root(self) -> Path:
         return self.database.cache_dir / CACHE_SUBDIR
 
@@ -204,6 +325,21 @@ class TwoStageRetriever(Retriever):
             logger.info(message, *args)
 
     # ------------------------------------------------------------------ stage 1: captions
+    def _caption_embeddings(self) -> np.ndarray:
+        """``[N, D]`` unit caption embeddings in the database's row order (row ``i`` is
+        ``database.caption_rows(i, i + 1)``).
+
+        The one source of the caption vectors the index is built from. Here they are computed
+        in one pass, chunk by chunk; a store of precomputed (resumable, sharded) embeddings
+        replaces this method.
+        """
+        db, emb = self.database, self.embedder
+        chunks = []
+        for start in range(0, len(db), CAPTION_CHUNK):
+            captions = [c for _, c in db.caption_rows(start, start + CAPTION_CHUNK)]
+            chunks.append(emb.embed_text(captions).numpy().astype(np.float32, copy=False))
+        return np.concatenate(chunks) if chunks else np.zeros((0, emb.dim), np.float32)
+
     def caption_index(self) -> VectorIndex:
         """The caption index of the database (loaded from the cache, or built and cached)."""
         if self._index is not None:
@@ -231,8 +367,7 @@ class TwoStageRetriever(Retriever):
             logger.warning("%s Rebuilding it.", err)
             shutil.rmtree(path, ignore_errors=True)
         t0 = time.perf_counter()
-        captions = [r.caption for r in db]
-        vectors = emb.embed_text(captions).numpy()  # [N, D]
+        vectors = self._caption_embeddings()  # [N, D]
         index = build_index(
             vectors, emb.id, manifest_hash=db.manifest_hash, kind=self.index_kind,
             extra={"source": "captions", "database": str(db.root)},
@@ -254,13 +389,79 @@ class TwoStageRetriever(Retriever):
             shutil.rmtree(path, ignore_errors=True)
         self._index = None
 
+    # ------------------------------------------------------------------ meshes and licences
+    def _licensed(self, candidates: list[_Candidate], refused: Counter[str]) -> list[_Candidate]:
+        """The candidates whose licence passes the filter, after fetching the annotations of
+        those whose licence is not known yet (Objaverse objects), before any mesh is fetched."""
+        if self.license_filter is None:
+            return candidates
+        self._annotate([c.record for c in candidates])
+        kept = []
+        for c in candidates:
+            c.record = self.database.get(c.record.uid) if not c.record.license else c.record
+            if self.license_filter.allows(c.record.license):
+                kept.append(c)
+            else:
+                refused[c.record.license or "unknown"] += 1
+        return kept
+
+    def _annotate(self, records: list[AssetRecord]) -> None:
+        """Fetch and cache the annotations of the records whose licence is not known yet."""
+        todo = [r.uid for r in records if r.mesh_store == "objaverse" and not r.license]
+        if not todo:
+            return
+        found = self.fetcher.annotations(todo)
+        notes = {u: objaverse_provenance(u, a) for u, a in found.items() if u in set(todo)}
+        self.database.cache_annotations(notes)
+
+    def _fetch_meshes(self, batch: list[_Candidate]) -> list[tuple[_Candidate, str | None]]:
+        """Give each candidate its local mesh (stored, or fetched in one batch); the reason
+        where it has none."""
+        db = self.database
+        out: list[tuple[_Candidate, str | None]] = []
+        remote = [c for c in batch if c.record.mesh_store != "database"]
+        fetched = self.fetcher.fetch([c.record for c in remote]) if remote else None
+        for c in batch:
+            if c.record.mesh_store == "database":
+                path = db.root / c.record.mesh_path
+                if path.is_file():
+                    c.mesh, c.mesh_from = path, "database"
+                    out.append((c, None))
+                else:
+                    out.append((c, f"its mesh file {c.record.mesh_path} is missing"))
+                continue
+            assert fetched is not None
+            if c.record.uid in fetched.paths:
+                c.mesh, c.mesh_from = fetched.paths[c.record.uid], self.fetcher.name
+                out.append((c, None))
+            else:
+                reason = fetched.failed.get(c.record.uid, "the fetcher did not return it")
+                out.append((c, f"its mesh could not be fetched ({reason})"))
+        return out
+
+    def mesh_file(self, uid: str) -> Path:
+        """The local mesh of asset ``uid``: its file in the database, else fetched."""
+        record = self.database.get(uid)
+        if record.mesh_store == "database":
+            path = self.database.root / record.mesh_path
+            if not path.is_file():
+                raise FileNotFoundError(f"mesh file {path} of asset {uid} is missing")
+            return path
+        result = self.fetcher.fetch([record])
+        if uid not in result.paths:
+            raise FileNotFoundError(
+                f"the mesh of asset {uid} could not be fetched: {result.failed.get(uid, '?')}"
+            )
+        return result.paths[uid]
+
     # ------------------------------------------------------------------ stage 2: renders
-    def view_embeddings(self, uid: str) -> Tensor:
-        """``[K, D]`` embeddings of the ``K`` orbit renders of asset ``uid`` (cached)."""
+    def view_embeddings(self, uid: str, mesh_path: str | Path | None = None) -> Tensor:
+        """``[K, D]`` embeddings of the ``K`` orbit renders of asset ``uid`` (cached per asset;
+        the mesh — ``mesh_path``, else :meth:`mesh_file` — is read only on a cache miss)."""
         from ra3d.representations.mesh import MeshAsset
 
         record = self.database.get(uid)
-        path = self._views_dir() / f"{uid}-{_record_hash(record)}.npy"
+        path = self._views_dir() / f"{uid}-{_mesh_key(record)}.npy"
         if path.is_file():
             try:
                 cached = np.load(path, allow_pickle=False)
@@ -268,9 +469,8 @@ class TwoStageRetriever(Retriever):
                     return torch.from_numpy(cached)
             except (OSError, ValueError) as err:
                 logger.warning("ignoring unreadable view cache %s (%s)", path, err)
-        asset = MeshAsset(
-            self.database.mesh_path(uid), shading=self.shading, backend=self.mesh_backend
-        ).to(self.device)
+        mesh = Path(mesh_path) if mesh_path is not None else self.mesh_file(uid)
+        asset = MeshAsset(mesh, shading=self.shading, backend=self.mesh_backend).to(self.device)
         cameras = alignment_cameras(**self.render)
         emb = render_view_embeddings(asset, self.embedder, cameras)  # [K, D]
         try:
@@ -280,18 +480,28 @@ class TwoStageRetriever(Retriever):
         return emb
 
     def precompute_view_embeddings(self, uids: list[str] | None = None) -> int:
-        """Fill the view-embedding cache for ``uids`` (default: the whole database) ahead of
-        time, so that later queries only search; returns how many assets were embedded.
+        """Fill the view-embedding cache for ``uids`` ahead of time, so that later queries only
+        search; returns how many assets were embedded.
 
-        Assets whose mesh cannot be rendered are skipped with a warning.
+        Default: every asset whose mesh is already on this machine (stored in the database, in
+        the mirror or the mesh cache) — never a download; name ``uids`` to fetch others.
+        Assets whose mesh cannot be fetched or rendered are skipped with a warning.
         """
-        uids = self.database.uids if uids is None else list(uids)
+        if uids is None:
+            todo: list[tuple[str, Path | None]] = []
+            for record in self.database:
+                if record.mesh_store == "database":
+                    todo.append((record.uid, None))
+                elif (local := self.fetcher.local_path(record)) is not None:
+                    todo.append((record.uid, local))
+        else:
+            todo = [(u, None) for u in uids]
         done = 0
-        for uid in uids:
+        for uid, local in todo:
             try:
-                self.view_embeddings(uid)
+                self.view_embeddings(uid, mesh_path=local)
                 done += 1
-            except (FileNotFoundError, ValueError) as err:
+            except (Ra3dError, ValueError, OSError) as err:
                 logger.warning("skipping asset %s: its mesh cannot be rendered (%s)", uid, err)
         return done
 
@@ -302,12 +512,60 @@ class TwoStageRetriever(Retriever):
         return self._aligner
 
     # ------------------------------------------------------------------ the whole thing
+    def _usable(
+        self, stream: _CandidateStream, need: int, image_stage: bool
+    ) -> tuple[list[_Candidate], list[tuple[str, str]]]:
+        """The first ``need`` caption matches (in rank order, licence-filtered) whose mesh is
+        here or could be fetched and — for the image stage — rendered; the skipped ones and why.
+
+        Fetches go in batches of exactly the number still missing, so a retrieve with no failure
+        fetches the N' candidates and nothing else.
+        """
+        usable: list[_Candidate] = []
+        skipped: list[tuple[str, str]] = []
+        while len(usable) < need and len(skipped) <= need + 16:
+            batch = stream.take(need - len(usable))
+            if not batch:
+                break
+            for cand, reason in self._fetch_meshes(batch):
+                uid = cand.record.uid
+                if reason is None and image_stage:
+                    try:
+                        cand.views = self.view_embeddings(uid, mesh_path=cand.mesh)
+                    except (Ra3dError, ValueError, OSError) as err:
+                        reason = f"its mesh cannot be rendered ({err})"
+                elif reason is None and cand.mesh_from != "database":
+                    reason = self._check_fetched_mesh(cand.mesh)
+                if reason is not None:
+                    logger.warning("skipping asset %s: %s", uid, reason)
+                    skipped.append((uid, reason))
+                    if cand.mesh is not None and cand.mesh_from != "database":
+                        self.fetcher.discard(cand.record)  # never served from a cache again
+                    continue
+                usable.append(cand)
+        return usable, skipped
+
+    @staticmethod
+    def _check_fetched_mesh(path: Path | None) -> str | None:
+        """Why a fetched mesh is unusable (it fails the mesh validator), else None. The image
+        stage loads every candidate anyway; text-only retrieval validates fetched meshes here
+        (meshes stored in the database were validated on import)."""
+        from ra3d.retrieval.importers.common import _default_validate
+
+        try:
+            _default_validate(Path(str(path)))
+        except (Ra3dError, ValueError, OSError, EOFError) as err:
+            return f"its mesh is invalid ({type(err).__name__}: {err})".splitlines()[0][:240]
+        return None
+
     def retrieve(self, prompt: str, k: int = 3) -> list[RetrievedAsset]:
         """The ``k`` best assets for ``prompt``, best first (the paper uses ``k = N = 3``).
 
         ``score`` is the image-embedding similarity after the rerank, else the caption
         similarity; ``extras`` holds both (``text_score``, ``image_score``), the caption rank,
-        the embedder id and, when aligned, the per-view relative front scores.
+        the embedder id, where the mesh came from and, when aligned, the per-view relative front
+        scores. Fewer than ``k`` assets are returned (with a warning) only when the database,
+        the licence filter or the fetches leave fewer; none is a :class:`NoUsableAssetError`.
         """
         if not isinstance(prompt, str) or not prompt.strip():
             raise ConfigError("the retrieval prompt is empty; give a text such as 'a teddy bear'")
@@ -315,9 +573,10 @@ class TwoStageRetriever(Retriever):
             raise ConfigError(f"k must be >= 1, got {k}")
         k = int(k)
         db, emb = self.database, self.embedder
-        index = self.caption_index()
+        self.caption_index()
         query = emb.embed_text([prompt])  # [1, D]
         image_stage = emb.supports_images and (self.rerank or self.align)
+        rerank = self.rerank and emb.supports_images
         if not emb.supports_images and (self.rerank or self.align):
             self._say_once(
                 "text-only",
@@ -325,62 +584,92 @@ class TwoStageRetriever(Retriever):
                 "ranked by caption similarity, front azimuth 0). Use --embedder clip for both.",
                 emb.id,
             )
-        n_first = max(self.n_candidates, k) if (self.rerank and emb.supports_images) else k
-        scores, rows = index.search(query.numpy(), n_first)
-        candidates = [
-            (int(r), float(s), rank)
-            for rank, (r, s) in enumerate(zip(rows[0], scores[0], strict=True))
-            if r >= 0
-        ]
-        views: dict[int, Tensor] = {}
-        if image_stage:
-            usable = []
-            for row, score, rank in candidates:
-                uid = db.records[row].uid
-                try:
-                    views[row] = self.view_embeddings(uid)
-                except (FileNotFoundError, ValueError) as err:  # unreadable mesh: cannot render it
-                    logger.warning("skipping asset %s: its mesh cannot be rendered (%s)", uid, err)
-                    continue
-                usable.append((row, score, rank))
-            candidates = usable
+        need = max(self.n_candidates, k) if rerank else k
+        first = need * (LICENSE_OVERSAMPLE if self.license_filter is not None else 1)
+        stream = _CandidateStream(self, query.numpy(), first)
+        candidates, skipped = self._usable(stream, need, image_stage)
+        if self.license_filter is not None:
+            logger.info(
+                "licence filter %s: %d caption match(es) examined, %d refused (%s)",
+                self.license_filter, stream.examined, sum(stream.refused.values()),
+                ", ".join(f"{n} {lic}" for lic, n in stream.refused.most_common(4)) or "none",
+            )  # fmt: skip
+        if not candidates:
+            raise NoUsableAssetError(self._nothing_usable(prompt, stream, skipped))
         image_scores: dict[int, float] = {}
-        if self.rerank and emb.supports_images:
-            for row, _, _ in candidates:
-                image_vec = F.normalize(views[row].mean(0), dim=0)  # [D]
-                image_scores[row] = float(query[0] @ image_vec)
-            candidates.sort(key=lambda c: image_scores[c[0]], reverse=True)
-        results = []
-        for row, text_score, text_rank in candidates[:k]:
-            rec = db.records[row]
-            extras: dict[str, object] = {
-                "text_score": text_score,
-                "text_rank": text_rank,
-                "embedder": emb.id,
-                "category": rec.category,
-            }
-            front = 0.0
-            if row in image_scores:
-                extras["image_score"] = image_scores[row]
-            if self.align and emb.supports_images:
-                aligned = self.aligner.align_embeddings(views[row])
-                front = aligned.front_azimuth_deg
-                extras["relative_front"] = [round(float(x), 5) for x in aligned.relative_front]
-                extras["view_azimuths_deg"] = [float(a) for a in aligned.azimuths_deg]
-            results.append(
-                RetrievedAsset(
-                    uid=rec.uid,
-                    caption=rec.caption,
-                    score=image_scores.get(row, text_score),
-                    mesh_path=db.mesh_path(rec.uid),
-                    front_azimuth_deg=front,
-                    source=rec.source,
-                    license=rec.license,
-                    attribution=rec.attribution,
-                    extras=extras,
-                )
-            )
+        if rerank:
+            for c in candidates:
+                assert c.views is not None
+                image_vec = F.normalize(c.views.mean(0), dim=0)  # [D]
+                image_scores[c.row] = float(query[0] @ image_vec)
+            candidates.sort(key=lambda c: image_scores[c.row], reverse=True)
+        chosen = candidates[:k]
+        self._annotate([c.record for c in chosen])  # licence and credit of what is returned
+        results = [self._result(c, image_scores, emb.id) for c in chosen]
+        if len(results) < k and len(db) > len(results):
+            logger.warning(
+                "retrieval returned %d of the %d asset(s) asked for: %d caption match(es) were "
+                "skipped (licence or mesh); see the warnings above",
+                len(results), k, sum(stream.refused.values()) + len(skipped),
+            )  # fmt: skip
         return results
 
+    def _result(
+        self, c: _Candidate, image_scores: dict[int, float], embedder_id: str
+    ) -> RetrievedAsset:
+        rec = self.database.get(c.record.uid) if not c.record.license else c.record
+        if rec.mesh_store == "objaverse" and not rec.license:
+            note = unknown_objaverse_provenance(rec.uid)
+            license, attribution = note.license, note.attribution
+            logger.warning(
+                "the licence of Objaverse object %s is not known: %s", rec.uid, attribution
+            )
+        else:
+            license, attribution = rec.license, rec.attribution
+        extras: dict[str, object] = {
+            "text_score": c.text_score,
+            "text_rank": c.text_rank,
+            "embedder": embedder_id,
+            "category": rec.category,
+            "mesh_from": c.mesh_from,
+        }
+        front = 0.0
+        if c.row in image_scores:
+            extras["image_score"] = image_scores[c.row]
+        if self.align and c.views is not None:
+            aligned = self.aligner.align_embeddings(c.views)
+            front = aligned.front_azimuth_deg
+            extras["relative_front"] = [round(float(x), 5) for x in aligned.relative_front]
+            extras["view_azimuths_deg"] = [float(a) for a in aligned.azimuths_deg]
+        assert c.mesh is not None
+        return RetrievedAsset(
+            uid=rec.uid,
+            caption=rec.caption,
+            score=image_scores.get(c.row, c.text_score),
+            mesh_path=c.mesh,
+            front_azimuth_deg=front,
+            source=rec.source,
+            license=license,
+            attribution=attribution,
+            extras=extras,
+        )
 
-__all__ = ["TwoStageRetriever"]
+    def _nothing_usable(
+        self, prompt: str, stream: _CandidateStream, skipped: list[tuple[str, str]]
+    ) -> str:
+        parts = [
+            f"no asset for {prompt!r} could be used: {stream.examined} caption match(es) examined"
+        ]
+        hints = []
+        if stream.refused:
+            refused = ", ".join(f"{n} {lic}" for lic, n in stream.refused.most_common(5))
+            parts.append(f"the licence filter {self.license_filter} refused {refused}")
+            hints.append("widen --licenses (retrieval.licenses)")
+        if skipped:
+            uid, reason = skipped[0]
+            parts.append(f"{len(skipped)} could not be fetched or read (first: {uid}: {reason})")
+            hints.append("check the network or pass --mirror DIR for a local copy of Objaverse")
+        return "; ".join(parts) + (f". Fix: {'; '.join(hints)}" if hints else "")
+
+
+__all__ = ["LICENSE_OVERSAMPLE", "MAX_EXAMINED", "NoUsableAssetError", "TwoStageRetriever"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
+import pickle
 import re
 import zipfile
 from pathlib import Path
@@ -15,6 +17,7 @@ from PIL import Image
 
 from ra3d.cli.db import main_db
 from ra3d.representations.mesh import load_mesh
+from ra3d.retrieval import catalog as catalog_module
 from ra3d.retrieval import database as database_module
 from ra3d.retrieval.database import (
     AssetDatabase,
@@ -23,12 +26,12 @@ from ra3d.retrieval.database import (
     DatabaseNotFoundError,
     default_database,
     safe_relative_path,
+    serialise_manifest,
 )
 from ra3d.retrieval.importers import (
     AssetImportWarning,
     UnsafeArchiveError,
     import_folder,
-    import_objaverse,
     import_sh3f,
     parse_java_properties,
 )
@@ -163,39 +166,74 @@ def make_records(root: Path, uids: list[str]) -> list[AssetRecord]:
     return records
 
 
-def test_manifest_round_trip_and_hash(tmp_path: Path) -> None:
-    records = make_records(tmp_path, ["chair", "bear"])
+def manifest_line(record: AssetRecord) -> str:
+    """A manifest line written out field by field (independent of serialise_manifest)."""
+    fields = {
+        "uid": record.uid, "caption": record.caption, "mesh_path": record.mesh_path,
+        "source": record.source, "license": record.license, "attribution": record.attribution,
+        "category": record.category, "tags": record.tags, "title": record.title, "url": record.url,
+    }  # fmt: skip
+    return json.dumps(fields, sort_keys=True, ensure_ascii=False)
+
+
+def jsonl_bytes(records: list[AssetRecord]) -> bytes:
+    lines = ['{"ra3d_asset_manifest": 1}', *(manifest_line(r) for r in records)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_catalog_round_trip_and_hash(tmp_path: Path) -> None:
+    records = make_records(tmp_path, ["chair", "bear", "lamp"])
     created = AssetDatabase.create(tmp_path, records)
+    assert (tmp_path / "catalog.sqlite").is_file() and not (tmp_path / "manifest.jsonl").exists()
     opened = AssetDatabase.open(tmp_path)
-    assert opened.records == records and opened.uids == ["chair", "bear"]
-    assert len(opened) == 2 and list(opened) == records
+    assert list(opened.records) == records and opened.uids == ["chair", "bear", "lamp"]
+    assert len(opened) == 3 and list(opened) == records and "bear" in opened
+    assert "sofa" not in opened and 3 not in opened
+    # Row lookups (what retrieval does after the vector search) keep the order asked for.
+    assert opened.record_at(1) == records[1] and opened.records[2] == records[2]
+    assert opened.records_at([2, 0, 2]) == [records[2], records[0], records[2]]
+    assert opened.records[::-1] == records[::-1]
+    assert opened.row_of("lamp") == 2 and opened.row_of("sofa") is None
+    with pytest.raises(IndexError, match="outside the database"):
+        opened.records_at([3])
+    assert opened.caption_rows(1, 10) == [(r.uid, r.caption) for r in records[1:]]
+    assert opened.caption_rows(5, 9) == []
+    # The fingerprint of a created catalog is the sha256 of the same records' JSONL manifest.
     assert opened.manifest_hash == created.manifest_hash
-    manifest_bytes = (tmp_path / "manifest.jsonl").read_bytes()
-    assert opened.manifest_hash == hashlib.sha256(manifest_bytes).hexdigest()
+    assert opened.manifest_hash == hashlib.sha256(jsonl_bytes(records)).hexdigest()
     assert opened.mesh_path("bear") == (tmp_path / "models/bear/m.obj").resolve()
     assert opened.mesh_path("bear").is_absolute()
     with pytest.raises(KeyError, match="no asset with uid 'sofa'"):
         opened.get("sofa")
     # The cache of a writable database lives inside it.
     assert opened.cache_dir == tmp_path.resolve() / ".cache" and opened.cache_dir.is_dir()
+    # A database crosses process boundaries by pickling (the connection is reopened there).
+    clone = pickle.loads(pickle.dumps(opened))
+    assert clone.get("lamp") == records[2] and clone.manifest_hash == opened.manifest_hash
 
 
-def test_open_reports_missing_and_corrupt_manifests(tmp_path: Path) -> None:
+def test_open_reports_missing_and_corrupt_databases(tmp_path: Path) -> None:
     with pytest.raises(DatabaseNotFoundError, match="does not exist"):
         AssetDatabase.open(tmp_path / "nope")
-    with pytest.raises(DatabaseNotFoundError, match="no manifest.jsonl"):
+    with pytest.raises(DatabaseNotFoundError, match="no catalog.sqlite"):
         AssetDatabase.open(tmp_path)
-    AssetDatabase.create(tmp_path, make_records(tmp_path, ["a"]))
-    good = (tmp_path / "manifest.jsonl").read_text()
-    (tmp_path / "manifest.jsonl").write_text(good + '{"uid": "b", "caption": \n')
+    # A JSONL database (the format before the catalog) is still checked line by line.
+    legacy = tmp_path / "legacy"
+    records = make_records(legacy, ["a"])
+    good = jsonl_bytes(records).decode()
+    (legacy / "manifest.jsonl").write_text(good + '{"uid": "b", "caption": \n')
     with pytest.raises(DatabaseError, match="line 3"):
-        AssetDatabase.open(tmp_path)
-    (tmp_path / "manifest.jsonl").write_text(good + good.splitlines()[1] + "\n")
+        AssetDatabase.open(legacy)
+    (legacy / "manifest.jsonl").write_text(good + good.splitlines()[1] + "\n")
     with pytest.raises(DatabaseError, match="duplicate uid 'a'"):
-        AssetDatabase.open(tmp_path)
+        AssetDatabase.open(legacy)
     evil = good.replace("models/a/m.obj", "../../etc/passwd")
-    (tmp_path / "manifest.jsonl").write_text(evil)
+    (legacy / "manifest.jsonl").write_text(evil)
     with pytest.raises(DatabaseError, match="escapes"):
+        AssetDatabase.open(legacy)
+    # A damaged catalog is one error that names the fix.
+    (tmp_path / "catalog.sqlite").write_bytes(b"SQLite format 3\x00" + b"\xff" * 200)
+    with pytest.raises(DatabaseError, match="cannot be read.*re-import"):
         AssetDatabase.open(tmp_path)
 
 
@@ -205,17 +243,20 @@ def test_create_rejects_missing_meshes_and_bad_uids(tmp_path: Path) -> None:
         AssetDatabase.create(tmp_path, [AssetRecord(**{**rec.to_json(), "mesh_path": "x.obj"})])
     with pytest.raises(DatabaseError, match="invalid asset uid"):
         AssetDatabase.create(tmp_path, [AssetRecord(**{**rec.to_json(), "uid": "../up"})])
+    with pytest.raises(DatabaseError, match="duplicate asset uids"):
+        AssetDatabase.create(tmp_path, [rec, rec])
     for bad in ("/abs/x.obj", "C:/x.obj", "a/../../x.obj", ""):
         with pytest.raises(DatabaseError):
             safe_relative_path(bad)
     assert safe_relative_path("a/./b\\c.obj").as_posix() == "a/b/c.obj"
+    assert not (tmp_path / "catalog.sqlite").exists()
 
 
-def test_atomic_manifest_write_survives_injected_failure(
+def test_atomic_catalog_write_survives_injected_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     AssetDatabase.create(tmp_path, make_records(tmp_path, ["a"]))
-    before = (tmp_path / "manifest.jsonl").read_bytes()
+    before = (tmp_path / "catalog.sqlite").read_bytes()
     more = make_records(tmp_path, ["a", "b", "c"])
 
     def exploding_replace(src: str, dst: str) -> None:
@@ -225,9 +266,40 @@ def test_atomic_manifest_write_survives_injected_failure(
     with pytest.raises(OSError, match="disk pulled out"):
         AssetDatabase.create(tmp_path, more)
     monkeypatch.undo()
-    assert (tmp_path / "manifest.jsonl").read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert (tmp_path / "catalog.sqlite").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".catalog-")] == []
     assert AssetDatabase.open(tmp_path).uids == ["a"]
+
+
+def test_jsonl_database_is_read_and_migrated_by_an_import(tmp_path: Path) -> None:
+    """A JSONL database from before the catalog opens as it was (same records, same hash, so
+    the caches keyed by it stay valid); the first import moves it into catalog.sqlite."""
+    root = tmp_path / "db"
+    records = make_records(root, ["a", "b"])
+    data = jsonl_bytes(records)
+    (root / "manifest.jsonl").write_bytes(data)
+    db = AssetDatabase.open(root)
+    assert db.format == "jsonl" and list(db) == records
+    assert db.manifest_hash == hashlib.sha256(data).hexdigest()
+    # Loaded into a catalog in the database's cache, keyed by the manifest hash; reopening
+    # reuses it instead of parsing the manifest again.
+    assert db.catalog_path == root.resolve() / ".cache" / f"catalog-{db.manifest_hash[:16]}.sqlite"
+    assert AssetDatabase.open(root).catalog_path == db.catalog_path
+    assert not (root / "catalog.sqlite").exists() and (root / "manifest.jsonl").read_bytes() == data
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "c.obj").write_text(cube_obj())
+    (src / "b.obj").write_text(cube_obj())
+    write_csv(tmp_path / "new.csv", [["c.obj", "a c"], ["b.obj", "new b"]])
+    migrated = import_folder(src, tmp_path / "new.csv", root).database
+    assert migrated.format == "sqlite" and (root / "catalog.sqlite").is_file()
+    assert not (root / "manifest.jsonl").exists()
+    assert (root / "manifest.jsonl.migrated").read_bytes() == data  # kept, never read again
+    assert migrated.uids == ["a", "b", "c"]  # old rows first, in their order; b replaced in place
+    assert [r.caption for r in migrated] == [records[0].caption, "new b", "a c"]
+    assert migrated.manifest_hash != db.manifest_hash
+    assert all(migrated.mesh_path(u).is_file() for u in migrated.uids)
 
 
 def test_default_database_and_builtin_cache(
@@ -240,10 +312,40 @@ def test_default_database_and_builtin_cache(
     # The shipped library never writes into the installed package.
     assert builtin.cache_dir == tmp_path / "cache" / builtin.manifest_hash[:16]
     assert not (builtin.root / ".cache").exists()
+    # ... also when a command names it by its path (`--db ra3d/assets/starter`).
+    by_path = AssetDatabase.open(builtin.root)
+    assert by_path.manifest_hash == builtin.manifest_hash
+    assert by_path.cache_dir == builtin.cache_dir
+    assert not (builtin.root / ".cache").exists()
     db_root = tmp_path / "db"
     AssetDatabase.create(db_root, make_records(db_root, ["x"]))
     monkeypatch.setenv("RA3D_DATABASE", str(db_root))
     assert default_database().uids == ["x"]
+
+
+def test_starter_library_loads_into_a_catalog_in_the_user_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped JSONL is the source; its catalog is built once in the user's cache, the
+    package is never written, and the records read back serialise to the shipped bytes."""
+    monkeypatch.setenv("RA3D_CACHE_DIR", str(tmp_path / "cache"))
+    package = AssetDatabase.builtin().root
+    before = tree_snapshot(package)
+    db = AssetDatabase.builtin()
+    shipped = (package / "manifest.jsonl").read_bytes()
+    assert db.format == "jsonl" and db.manifest_hash == hashlib.sha256(shipped).hexdigest()
+    assert db.catalog_path == tmp_path / "cache" / db.manifest_hash[:16] / (
+        f"catalog-{db.manifest_hash[:16]}.sqlite"
+    )
+    assert serialise_manifest(list(db)) == shipped
+    assert tree_snapshot(package) == before
+    # A cache that cannot be written costs only speed: the catalog is then built in memory.
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("RA3D_CACHE_DIR", str(blocked))
+    in_memory = AssetDatabase.builtin()
+    assert in_memory.catalog_path is None and len(in_memory) == len(db)
+    assert in_memory.get(TEDDY_UID) == db.get(TEDDY_UID)
 
 
 # ------------------------------------------------------------------------------ folder import
@@ -372,16 +474,16 @@ def test_failure_at_commit_rolls_back_moved_files(
         import_folder(src, tmp_path / "first.csv", out)
     before = tree_snapshot(out)
     write_csv(tmp_path / "second.csv", [["a.obj", "new a"], ["b.obj", "a b"]])
-    real_write = database_module.write_bytes_atomic
 
-    def crash_before_manifest(path: Path, data: bytes) -> None:
+    def crash_at_commit(conn: object) -> None:
         raise OSError("power cut")
 
-    monkeypatch.setattr(database_module, "write_bytes_atomic", crash_before_manifest)
+    monkeypatch.setattr(catalog_module, "commit", crash_at_commit)
     with pytest.raises(OSError, match="power cut"):
         import_folder(src, tmp_path / "second.csv", out, validate=lambda p: None)
-    monkeypatch.setattr(database_module, "write_bytes_atomic", real_write)
+    monkeypatch.undo()
     assert tree_snapshot(out) == before
+    assert AssetDatabase.open(out).uids == ["a"]
 
 
 def test_folder_import_rejects_bad_inputs(tmp_path: Path) -> None:
@@ -538,93 +640,6 @@ def test_sh3f_rejects_escaping_model_property(tmp_path: Path) -> None:
     assert not (tmp_path / "db").exists()
 
 
-# ------------------------------------------------------------------------------ Objaverse
-
-UIDS = ["0a1b2c3d4e5f60718293a4b5c6d7e8f9", "11112222333344445555666677778888", "ffff" * 8]
-
-
-def fake_objaverse_layout(home: Path) -> dict[str, Path]:
-    """~/.objaverse/hf-objaverse-v1/glbs/<000-xxx>/<uid>.glb, as objaverse.load_objects leaves it."""
-    paths = {}
-    for i, uid in enumerate(UIDS):
-        path = home / ".objaverse" / "hf-objaverse-v1" / "glbs" / f"000-{i:03d}" / f"{uid}.glb"
-        path.parent.mkdir(parents=True)
-        if i == 1:
-            path.write_bytes(b"glTF broken download")
-        else:
-            box = trimesh.creation.box(extents=(1.0 + i, 2.0, 3.0))
-            path.write_bytes(box.export(file_type="glb"))
-        paths[uid] = path
-    return paths
-
-
-def test_objaverse_import_on_local_layout(tmp_path: Path) -> None:
-    paths = fake_objaverse_layout(tmp_path / "home")
-    cap3d = tmp_path / "Cap3D_automated_Objaverse.csv"
-    cap3d.write_text(
-        f'{UIDS[0]},"A small box, made of wood."\n{UIDS[1]},a broken download\n'
-        f"{UIDS[2]},a big box, grey\n"
-    )
-    calls = []
-
-    def download_fn(uids: list[str], download_processes: int) -> dict[str, str]:
-        calls.append((list(uids), download_processes))
-        return {u: str(paths[u]) for u in uids}
-
-    def annotations_fn(uids: list[str]) -> dict[str, dict]:
-        return {
-            UIDS[0]: {
-                "license": "by",
-                "name": "Wood box",
-                "user": {"displayName": "Alice"},
-                "viewerUrl": "https://sketchfab.com/3d-models/x",
-            },
-            UIDS[2]: {"license": "cc0", "user": {"username": "bob"}},
-        }
-
-    out = tmp_path / "db"
-    with pytest.warns(AssetImportWarning) as caught:
-        result = import_objaverse(
-            out,
-            cap3d_csv=cap3d,
-            uids=[*UIDS, "deadbeef" * 4],
-            download_fn=download_fn,
-            annotations_fn=annotations_fn,
-            download_processes=3,
-        )
-    text = str(caught[0].message)
-    assert UIDS[1] in text and "deadbeef" * 4 in text and "no Cap3D caption" in text
-    assert calls == [(UIDS, 3)]
-    db = result.database
-    assert db.uids == [UIDS[0], UIDS[2]]
-    first = db.get(UIDS[0])
-    assert first.caption == "A small box, made of wood."
-    assert db.get(UIDS[2]).caption == "a big box, grey"  # unquoted comma kept in the caption
-    assert first.license == "CC-BY" and db.get(UIDS[2]).license == "CC0-1.0"
-    assert first.attribution == (
-        '"Wood box" by Alice, https://sketchfab.com/3d-models/x, CC-BY, via Objaverse'
-    )
-    assert db.mesh_path(UIDS[0]).read_bytes() == paths[UIDS[0]].read_bytes()
-    mesh = load_mesh(db.mesh_path(UIDS[2]), normalize=False)
-    extent = (mesh.vertices.max(0).values - mesh.vertices.min(0).values).numpy()
-    assert sorted(extent.round(4)) == [2.0, 3.0, 3.0]
-
-    # --limit takes the first captioned uids in CSV order; licence filter drops CC-BY.
-    out2 = tmp_path / "db2"
-    with pytest.warns(AssetImportWarning, match="licence CC-BY not allowed"):
-        result2 = import_objaverse(
-            out2,
-            cap3d_csv=cap3d,
-            limit=1,
-            download_fn=download_fn,
-            annotations_fn=annotations_fn,
-            allowed_licenses={"CC0-1.0"},
-        )
-    assert result2.imported == [] and result2.skipped == [(UIDS[0], "licence CC-BY not allowed")]
-    with pytest.raises(DatabaseError, match="uids"):
-        import_objaverse(out2, cap3d_csv=cap3d, download_fn=download_fn)
-
-
 # ------------------------------------------------------------------------------ CLI
 
 
@@ -662,7 +677,7 @@ def test_cli_info_and_import(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert err.startswith("ra3d db: error:") and "does not exist" in err
 
     assert main_db(["import", "objaverse", "--cap3d", "x.csv", "--db", str(out)]) == 2
-    assert "one of the arguments --uids --limit is required" in capsys.readouterr().err
+    assert "captions CSV x.csv does not exist" in capsys.readouterr().err
     assert main_db(["frobnicate"]) == 2
     assert main_db([]) == 2
 

@@ -11,8 +11,12 @@ from ra3d.retrieval.importers.common import (
 from ra3d.retrieval.importers.folder import MESH_SUFFIXES, import_folder
 from ra3d.retrieval.importers.objaverse import (
     AnnotationsFn,
+    Cap3DReport,
+    Cap3DRow,
     DownloadFn,
+    ObjaverseImportResult,
     import_objaverse,
+    iter_cap3d_rows,
     read_cap3d_captions,
 )
 from ra3d.retrieval.importers.sh3f import (
@@ -37,9 +41,12 @@ __all__ = [
     "AnnotationsFn",
     "AssetImportWarning",
     "BlendSwapLicense",
+    "Cap3DReport",
+    "Cap3DRow",
     "DownloadFn",
     "ImportResult",
     "MeshValidator",
+    "ObjaverseImportResult",
     "Sh3fCatalog",
     "Sh3fPiece",
     "UnsafeArchiveError",
@@ -48,6 +55,7 @@ __all__ = [
     "import_folder",
     "import_objaverse",
     "import_sh3f",
+    "iter_cap3d_rows",
     "mesh_dependencies",
     "normalise_license",
     "parse_blendswap_license",

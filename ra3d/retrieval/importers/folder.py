@@ -13,6 +13,8 @@ from ra3d.retrieval.database import (
     DatabaseError,
     DatabaseNotFoundError,
     ImportTransaction,
+    caption_problem,
+    clean_caption,
     safe_relative_path,
     slugify_uid,
     validate_uid,
@@ -104,9 +106,11 @@ def import_folder(
                 skipped.append((label, "mesh file not found in the folder"))
                 continue
             used.add(mesh)
-            if not row.caption:
-                skipped.append((label, "empty caption"))
+            problem = caption_problem(row.caption)
+            if problem is not None:
+                skipped.append((label, "empty caption" if "empty" in problem else problem))
                 continue
+            caption = clean_caption(row.caption)
             rel_mesh = PurePosixPath(mesh.relative_to(folder).as_posix())
             uid_text = row.extra.get("uid") or rel_mesh.with_suffix("").as_posix()
             uid = validate_uid(slugify_uid(uid_text))
@@ -134,7 +138,7 @@ def import_folder(
             tx.add(
                 AssetRecord(
                     uid=uid,
-                    caption=row.caption,
+                    caption=caption,
                     mesh_path=staged_mesh.as_posix(),
                     source=row.extra.get("source") or source,
                     license=row.extra.get("license") or license,

@@ -34,6 +34,7 @@ from ra3d.retrieval.importers.common import (
     _warn_skipped,
     mesh_dependencies,
 )
+from ra3d.retrieval.licenses import normalise_license
 
 logger = logging.getLogger(__name__)
 
@@ -93,29 +94,6 @@ def parse_java_properties(text: str) -> dict[str, str]:
             rest = rest[1:].lstrip(" \t\f")
         props[unescape(key)] = unescape(rest)
     return props
-
-
-_LICENSE_PATTERNS: tuple[tuple[str, str], ...] = (
-    (r"creative commons zero|\bcc-?0\b|publicdomain/zero", "CC0-1.0"),
-    (r"attribution[- ]non-?commercial[- ]share-?alike|by-nc-sa", "CC-BY-NC-SA"),
-    (r"attribution[- ]non-?commercial|by-nc\b", "CC-BY-NC"),
-    (r"attribution[- ]share-?alike|by-sa", "CC-BY-SA"),
-    (r"attribution[- ]no-?deriv|by-nd", "CC-BY-ND"),
-    (r"creative commons attribution|\bcc[- ]by\b", "CC-BY"),
-)
-
-
-def normalise_license(text: str) -> str:
-    """An SPDX-like identifier for a free-text licence statement (``CC0-1.0``, ``CC-BY-3.0``...);
-    the stripped text itself when it is not recognised."""
-    low = text.lower()
-    for pattern, ident in _LICENSE_PATTERNS:
-        if re.search(pattern, low):
-            if ident == "CC0-1.0":
-                return ident
-            version = re.search(r"\b([1-4]\.0)\b", low)
-            return f"{ident}-{version.group(1)}" if version else ident
-    return text.strip()
 
 
 @dataclass
