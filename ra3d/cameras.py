@@ -281,9 +281,12 @@ class CameraSampler:
     with probability ``1 - sphere_probability`` elevations are uniform in degrees over
     ``elevation_range`` (which over-samples the poles relative to area), otherwise uniform on the
     sphere's band, i.e. ``sin(elevation)`` uniform on ``[sin lo, sin hi]``. ``"degrees"`` and
-    ``"sphere"`` force one rule. Deviation from threestudio, on purpose: its sphere branch maps
-    the degree range linearly onto ``sin`` (``asin(lo/90) .. asin(hi/90)``), which silently
-    shrinks [-10°, 45°] to [-6.4°, 30°]; ra3d keeps the configured range in both branches.
+    ``"sphere"`` force one rule. Both branches keep the configured range, as threestudio's
+    ``RandomCameraIterableDataset`` does since its "fix elevation bug" commit (477345b, Nov 2023:
+    the sphere branch converts the range to radians and draws ``asin`` of a uniform value between
+    their sines). Before that fix it mapped the degree range linearly onto ``sin``
+    (``asin(lo / 90) .. asin(hi / 90)``), which shrank [-10°, 45°] to [-6.4°, 30°]; checkouts
+    of threestudio older than that commit still do.
 
     Distance and fovy are uniform, and azimuth is *stratified* across the batch: the circle is cut
     into ``B`` equal slices and each camera takes a uniform sample from its own slice, so every

@@ -96,8 +96,11 @@ class CameraEmbedding(nn.Module):
     """``[B, in_features]`` camera vector → ``[B, embed_dim]`` offset of the UNet time embedding.
 
     Two-layer MLP with SiLU, the shape of a diffusers ``TimestepEmbedding``. The output layer is
-    zero-initialised so that at step 0 the score model equals the (text-conditioned) prior, the
-    same reason LoRA initialises its ``B`` matrix to zero.
+    zero-initialised so that, with LoRA's ``B`` at zero too, the score model at step 0 equals the
+    text-conditioned prior for *any* camera (the embedding adds exactly 0 to the time embedding).
+    Deviation from threestudio's ProlificDreamer, whose ``TimestepEmbedding(16, 1280)`` keeps
+    PyTorch's default (random) initialisation: its score model starts with a random
+    camera-dependent offset that the LoRA loss must first train away.
     """
 
     def __init__(self, in_features: int = 16, embed_dim: int = 1280, hidden_dim: int | None = None):

@@ -16,10 +16,16 @@ score model through its camera embedding, not through view words).
 
 Which UNet each term runs (decided here). With the view adapter ω of Eq. 12 loaded, the prior term
 is the adapted prior ``base + ω`` and the score model is ``base + ω + ζ``. ζ and the camera
-embedding start at zero, so at step 0 the score model *equals* the (conditional) prior the
-particles are distilled from — the property ProlificDreamer gets by starting both from one UNet —
-and ζ only has to learn how the particles' renders differ from the adapted prior, not also undo
-ω. ω is frozen throughout (``requires_grad=False``, in no optimizer group); only ζ and the camera
+embedding start at zero (:class:`~ra3d.guidance.lora.CameraEmbedding`), so at step 0 the score
+model *equals* the conditional prior, for every camera: ``ε_(φ,ζ)(x_t, t, c, ψ) = ε_φ(x_t, t, c)``
+(plain prompt, no guidance), and ζ only has to learn how the particles' renders differ from the
+adapted prior, not also undo ω. This is a deviation from threestudio's ProlificDreamer, whose
+camera embedding (a diffusers ``TimestepEmbedding(16, 1280)``) keeps PyTorch's default
+initialisation — there the score model starts as its LoRA UNet (SD 2.1, not 2.1-base) plus a
+random camera-dependent offset of the time embedding; only its LoRA layers start at zero.
+Effect: ra3d's first VSD steps move the particles along ``w(t)(ε_φ^CFG(e(c, ψ)) − ε_φ(c))``, the
+prior's classifier-free direction, with no camera-dependent term from an untrained embedding.
+ω is frozen throughout (``requires_grad=False``, in no optimizer group); only ζ and the camera
 embedding train. Without ω both reduce to ``base`` and ``base + ζ``.
 
 Memory: there is one UNet. Each term selects its adapters on it (see :mod:`ra3d.guidance.lora`)
@@ -98,8 +104,9 @@ class VSDGuidance(SDSGuidance):
     Args:
         prior: a :class:`DiffusionPrior`, or a hub id / local folder to load one from.
         guidance_scale: classifier-free guidance scale of the prior term (7.5, ProlificDreamer).
-        guidance_scale_lora: classifier-free guidance scale of the score model (1.0: the
-            camera-conditioned prediction alone, no unconditional pass).
+        guidance_scale_lora: classifier-free guidance scale of the score model over the camera
+            (1.0: the camera-conditioned prediction alone, no unconditional pass; otherwise
+            against the plain prompt with a zero camera, threestudio's rule).
         min_step_percent, max_step_percent: range of t for the distillation term as fractions of
             T, each constant or ``[start_step, start, end, end_step]``; ProlificDreamer uses 0.02
             and ``[5000, 0.98, 0.5, 5001]``.
@@ -258,11 +265,17 @@ class VSDGuidance(SDSGuidance):
         return camera_condition(cameras, self.camera_condition_type).to(self.prior.device)
 
     def score_model_noise(
-        self, latents_noisy: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, camera: Tensor
+        self, latents_noisy: Tensor, t: Tensor, cond: Tensor, camera: Tensor
     ) -> Tensor:
         """ε_(φ,ζ)(x_t, t, c, ψ): base (+ ω) + ζ with the camera embedding, ``cond`` the *plain*
-        prompt's embedding ``[B, L, D]``; classifier-free guidance at ``guidance_scale_lora``
-        against (negative prompt, zero camera) when it is not 1."""
+        prompt's embedding ``[B, L, D]``, ``camera [B, 16]``.
+
+        With ``guidance_scale_lora`` ≠ 1, classifier-free guidance over the *camera*:
+        ``ε(c, 0) + s (ε(c, ψ) − ε(c, 0))``. The unconditional branch keeps the plain prompt and
+        zeroes the camera, as threestudio's ProlificDreamer does — it is what camera dropout
+        trains (:meth:`lora_loss` always sees the plain prompt), whereas the negative prompt is a
+        text the score model never sees in training.
+        """
         with self.adapters.use(self.score_adapters):
             if self.guidance_scale_lora == 1.0:
                 with self.camera_conditioner.condition(camera):
@@ -272,7 +285,7 @@ class VSDGuidance(SDSGuidance):
                 eps = self.prior.predict_noise(
                     torch.cat([latents_noisy, latents_noisy]),
                     torch.cat([t, t]),
-                    torch.cat([uncond, cond]),
+                    torch.cat([cond, cond]),
                 )
         eps_uncond, eps_cond = eps.chunk(2)
         return classifier_free_guidance(eps_uncond, eps_cond, self.guidance_scale_lora)
@@ -348,7 +361,7 @@ class VSDGuidance(SDSGuidance):
             k = latents_noisy.shape[0] // b  # 2 when the reference rides in the same batch
             c, u, cam = cond.repeat(k, 1, 1), uncond.repeat(k, 1, 1), camera.repeat(k, 1)
             eps_prior = self.prior_noise(latents_noisy, tt, c, u)
-            eps_score = self.score_model_noise(latents_noisy, tt, plain.repeat(k, 1, 1), u, cam)
+            eps_score = self.score_model_noise(latents_noisy, tt, plain.repeat(k, 1, 1), cam)
             return eps_prior - eps_score
 
         apply_delta = reference_latents is not None and self.global_step % self.delta_every == 0

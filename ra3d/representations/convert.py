@@ -14,13 +14,22 @@
 3. **Box.** The grid's bounding box is the kept region's box plus ``margin`` (world units, at least
    two probe cells) on every side, clipped to the NeRF's cube: the fine grid spends its resolution
    on the object.
-4. **SDF.** At the fine grid's vertices ``s = (threshold - σ) / c`` (negative inside), with ``c`` the
-   largest ``|threshold - σ|`` over the vertices of the cubes the surface crosses, then clamped to
-   ``[-1, 1]`` (threestudio clamps its levels to ``[-1, 1]`` too). Dividing by ``c`` leaves every
-   edge crossing — hence the initial mesh — exactly where linear interpolation of the density puts
-   it; clamping only touches vertices away from the surface. Removed floaters are set outside.
+4. **SDF.** At the fine grid's vertices, with ``d = threshold - σ`` (negative inside):
+   ``sdf_init="clamp"`` (default, threestudio's ``create_from(ImplicitVolume)``) sets
+   ``s = clamp(d, -1, 1)``; ``sdf_init="normalize"`` sets ``s = clamp(d / c, -1, 1)`` with ``c``
+   the largest ``|d|`` over the vertices of the cubes the surface crosses. Dividing by ``c``
+   leaves every edge crossing — hence the initial mesh — exactly where linear interpolation of
+   the density puts it, but a coarse NeRF's ``c`` is tens to hundreds, so near-surface values
+   come out ≈ 0.01–0.1 and Adam (whose step is about ``lr`` whatever the gradient's size) flips
+   their sign in a few steps; clamping keeps them at about ±1, ≈ 1 / lr = 200 steps at
+   threestudio's lr 0.005 (``bench/sdf_init.py`` measures both). Clamping moves crossings whose
+   edge has an end with ``|d| > 1`` (by up to half an edge). Removed floaters are set outside.
 5. **Texture.** With ``copy_texture`` the NeRF's texture field (hash grid + feature MLP) is copied
    into the DMTet's (threestudio's ``copy_net``), and the background when both are of one kind.
+   Deviation from ProlificDreamer: threestudio's geometry stage is ``geometry_only`` (no texture
+   field at all) and its texture stage starts a fresh one, so there ``copy_net`` copies nothing;
+   ra3d copies by default so the geometry phase's validation renders and the texture phase start
+   from the coarse NeRF's colours. ``copy_texture: false`` gives threestudio's fresh field.
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 25.0
 AUTO_MIN_FRACTION = 0.01
 AUTO_MAX_FRACTION = 0.4
+#: How the SDF is initialised from the density (step 4 of the module docstring).
+SDF_INITS: tuple[str, ...] = ("clamp", "normalize")
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,13 @@ class ConversionOptions:
         remove_floaters: drop small disconnected components (step 2).
         min_floater_fraction: components at least this share of the largest one are kept.
         copy_texture: copy the NeRF's texture field (and background when of one kind) into the
-            DMTet (threestudio's ``copy_net``).
+            DMTet (threestudio's ``copy_net``). A deviation kept on purpose: threestudio's
+            geometry stage has no texture field (``geometry_only``) and its texture stage starts a
+            fresh one, so ProlificDreamer's texture never comes from the NeRF; ``false`` does that.
+        sdf_init: ``"clamp"`` (threestudio: ``clamp(threshold - σ, -1, 1)``) or ``"normalize"``
+            (``threshold - σ`` divided by its largest magnitude over the surface's cubes, then
+            clamped: the mesh exactly at the interpolated level set, but near-surface values of
+            ≈ 0.01–0.1 that Adam flips in a few steps; step 4 of the module docstring).
     """
 
     threshold: float | str = DEFAULT_THRESHOLD
@@ -67,8 +84,13 @@ class ConversionOptions:
     remove_floaters: bool = True
     min_floater_fraction: float = 0.05
     copy_texture: bool = True
+    sdf_init: str = "clamp"
 
     def __post_init__(self) -> None:
+        if self.sdf_init not in SDF_INITS:
+            raise ConfigError(
+                f"init_options.sdf_init must be one of {SDF_INITS}, got {self.sdf_init!r}"
+            )
         if isinstance(self.threshold, str):
             if self.threshold not in ("auto", "silhouette"):
                 raise ConfigError(
@@ -195,6 +217,7 @@ def dmtet_from_nerf(
     remove_floaters: bool = True,
     min_floater_fraction: float = 0.05,
     copy_texture: bool = True,
+    sdf_init: str = "clamp",
     **dmtet_kwargs: Any,
 ) -> Representation:
     """A ``dmtet_cls`` (:class:`~ra3d.representations.dmtet.DMTet` or a subclass) whose initial
@@ -211,6 +234,7 @@ def dmtet_from_nerf(
         margin: world units added around the kept region (at least two probe cells).
         remove_floaters, min_floater_fraction: step 2.
         copy_texture: copy the NeRF's texture field (and background when of one kind).
+        sdf_init: ``"clamp"`` (threestudio) or ``"normalize"`` (module docstring, step 4).
         dmtet_kwargs: other :class:`DMTet` arguments (texture-field shapes must match the NeRF's
             to copy it; ``radius`` is the NeRF's).
     """
@@ -219,7 +243,7 @@ def dmtet_from_nerf(
             nerf,
             lambda level: dmtet_from_nerf(
                 dmtet_cls, nerf, level, grid_resolution, margin, remove_floaters, min_floater_fraction,
-                copy_texture=False, **dmtet_kwargs,
+                copy_texture=False, sdf_init=sdf_init, **dmtet_kwargs,
             ),
         )  # fmt: skip
     for name in ("radius", "bbox"):
@@ -230,6 +254,8 @@ def dmtet_from_nerf(
             )
     if margin < 0:
         raise ConfigError(f"margin must be >= 0 (world units), got {margin}")
+    if sdf_init not in SDF_INITS:
+        raise ConfigError(f"sdf_init must be one of {SDF_INITS}, got {sdf_init!r}")
     radius = float(nerf.radius)
     device = next(nerf.parameters()).device
     dtype = torch.float32
@@ -272,17 +298,19 @@ def dmtet_from_nerf(
                 f"the NeRF's level set at threshold={level:.4g} has no surface inside the "
                 "tightened grid; use threshold='auto' or a lower value"
             )
-        dmtet.sdf.copy_((diff / scale).clamp(-1.0, 1.0).to(dmtet.sdf.dtype))
+        scaled = diff / scale if sdf_init == "normalize" else diff
+        dmtet.sdf.copy_(scaled.clamp(-1.0, 1.0).to(dmtet.sdf.dtype))
     if copy_texture:
         dmtet.texture.copy_from(nerf.texture)
         if type(dmtet.background) is type(nerf.background):
             dmtet.background.load_state_dict(nerf.background.state_dict())
     logger.info(
-        "DMTet from NeRF: level %.4g, grid %d^3, bbox min %s max %s, texture %s",
+        "DMTet from NeRF: level %.4g, grid %d^3, bbox min %s max %s, SDF %s, texture %s",
         level,
         grid_resolution,
         [round(float(x), 3) for x in lo],
         [round(float(x), 3) for x in hi],
+        sdf_init if sdf_init == "clamp" else f"normalize (/{float(scale):.4g})",
         "copied" if copy_texture else "fresh",
     )
     return dmtet

@@ -7,6 +7,21 @@ checkpoint; the new run inherits its prompt, its retrieved assets and π, its vi
 when both runs use VSD, its LoRA score model ζ — it never retrieves again. Each particle is
 converted from the earlier particle of the same index: NeRF → DMTet by the density level set
 (:meth:`ra3d.representations.dmtet.DMTet.create_from`), DMTet → DMTet by copying its state.
+
+Where this differs from threestudio's ProlificDreamer stages (kept, or followed, on purpose):
+
+* Texture field. threestudio's geometry stage is geometry-only and its texture stage starts a
+  fresh texture field. ra3d's NeRF → DMTet hand-over copies the NeRF's texture field by default
+  (``init_options.copy_texture``, see :class:`~ra3d.representations.convert.ConversionOptions`)
+  and the texture phase takes the geometry phase's field with its state. With
+  ``copy_texture: false`` the geometry phase gets a freshly initialised field that normal-map
+  guidance never trains, so the texture phase starts fresh, as in threestudio.
+* Background. threestudio's texture stage keeps its neural environment map with random
+  backgrounds off (``random_aug`` false; they exist in the coarse stage so that density does not
+  paint the background, which a fixed geometry cannot do). The texture configs follow it with the
+  representation's ``random_background_prob: 0`` (the DMTet's own default stays the NeRF's 0.5).
+* SDF. The hand-over clamps ``threshold − σ`` to ``[−1, 1]`` as threestudio does
+  (``init_options.sdf_init``; ``bench/sdf_init.py`` measures the alternative).
 """
 
 from __future__ import annotations

@@ -162,27 +162,35 @@ def test_score_model_sees_the_plain_prompt_and_the_prior_the_view_prompt(
     tiny_prior_path: Path, guidance_scale_lora: float
 ) -> None:
     """Spy on every UNet call of a VSD step (with delta distillation, so the reference batch is
-    covered too): calls with ζ active (the score model's prediction and its training loss) get
-    the plain prompt c (or the negative prompt for its unconditional branch), calls without ζ
-    (the prior term) get e(c, ψ) for each camera. The old code gave ζ e(c, ψ) and fails here."""
+    covered too): calls with ζ active (the score model's prediction, both halves of its camera
+    CFG, and its training loss) get the plain prompt c, calls without ζ (the prior term) get
+    e(c, ψ) for each camera. The older code gave ζ e(c, ψ), and its CFG's unconditional half the
+    negative prompt (a text ζ never trains on; threestudio keeps c): both fail here."""
     g = _guidance(tiny_prior_path, guidance_scale_lora=guidance_scale_lora, camera_dropout=0.0)
     prior = g.prior
     cams = _cameras([0.0, 100.0, 180.0])  # front, side, back
     plain = prior.encode_text([PROMPT])[0]
     negative = prior.encode_text([""])[0]
+    assert not torch.equal(plain, negative)
     views = prior.encode_text([view_prompt(PROMPT, d) for d in ("front", "side", "back")])
     calls: list[tuple[tuple[str, ...], Tensor]] = []
+    cameras_seen: list[Tensor] = []
 
     def spy(module: nn.Module, args: tuple, kwargs: dict) -> None:
         calls.append((g.adapters.active, kwargs["encoder_hidden_states"].detach().clone()))
 
-    handle = prior.unet.register_forward_pre_hook(spy, with_kwargs=True)
+    def camera_spy(module: nn.Module, args: tuple) -> None:
+        cameras_seen.append(args[0].detach().clone())
+
+    handles = [prior.unet.register_forward_pre_hook(spy, with_kwargs=True),
+               g.camera_embedding.register_forward_pre_hook(camera_spy)]  # fmt: skip
     try:
         z = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
         ref = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(1))
         g.forward_latents(z.requires_grad_(True), cams, PROMPT, ref)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     score_calls = [text for active, text in calls if VSD_ADAPTER in active]
     prior_calls = [text for active, text in calls if VSD_ADAPTER not in active]
     # prior: one CFG call on [uncond; cond] for [z; ref]; score model: its prediction (one call,
@@ -193,12 +201,17 @@ def test_score_model_sees_the_plain_prompt_and_the_prior_the_view_prompt(
     torch.testing.assert_close(prior_text[9:], views, rtol=0, atol=0)  # cond for ref
     assert torch.equal(prior_text[:6], negative.expand(6, -1, -1))
     prediction, training = score_calls
+    camera = cams.c2w.reshape(3, 16)
+    both = torch.cat([camera, camera])  # [z; ref]
+    prediction_camera, training_camera = cameras_seen
     if guidance_scale_lora == 1.0:
         assert torch.equal(prediction, plain.expand(6, -1, -1))
-    else:
-        assert torch.equal(prediction[:6], negative.expand(6, -1, -1))
-        assert torch.equal(prediction[6:], plain.expand(6, -1, -1))
+        assert torch.equal(prediction_camera, both)
+    else:  # [uncond (c, zero camera) for z and ref; cond (c, ψ) for z and ref]
+        assert torch.equal(prediction, plain.expand(12, -1, -1))
+        assert torch.equal(prediction_camera, torch.cat([torch.zeros_like(both), both]))
     assert torch.equal(training, plain.expand(3, -1, -1))
+    assert torch.equal(training_camera, camera)  # camera_dropout=0
 
 
 def test_lora_loss_is_the_diffusion_loss_for_epsilon_and_v(tiny_prior_path: Path) -> None:
@@ -240,18 +253,45 @@ def test_score_model_guidance_uses_zero_camera_for_the_unconditional_branch(
     cams = _cameras([0.0, 60.0])
     z_t = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(2))
     t = torch.tensor([50, 500])
-    cond, uncond = prior.encode_text(["p", "q"]), prior.encode_text(["", ""])
+    cond = prior.encode_text(["p", "q"])
     with torch.no_grad():
-        got = g.score_model_noise(z_t, t, cond, uncond, g.camera_condition(cams))
+        got = g.score_model_noise(z_t, t, cond, g.camera_condition(cams))
         prior.unet.enable_adapters()
         prior.unet.set_adapter(VSD_ADAPTER)
         prior.unet.class_embedding = g.camera_embedding
         try:
             e_c = _independent_eps(prior, z_t, t, cond, cams.c2w.reshape(2, 16))
-            e_u = _independent_eps(prior, z_t, t, uncond, torch.zeros(2, 16))
+            # threestudio's unconditional branch: the same (plain) prompt, a zero camera
+            e_u = _independent_eps(prior, z_t, t, cond, torch.zeros(2, 16))
         finally:
             prior.unet.class_embedding = None
     torch.testing.assert_close(got, e_u + 2.0 * (e_c - e_u), rtol=1e-4, atol=1e-5)
+
+
+def test_score_model_at_initialisation_is_the_conditional_prior_for_any_camera(
+    tiny_prior_path: Path,
+) -> None:
+    """ζ's B and the camera embedding's output layer start at zero (a deviation from threestudio,
+    whose camera embedding is default-initialised): before any training, ε_(φ,ζ)(x_t, t, c, ψ)
+    is the frozen prior's ε_φ(x_t, t, c) bit for bit, whatever ψ. With threestudio's default init
+    of the embedding it is not."""
+    g = _guidance(tiny_prior_path)
+    prior = g.prior
+    gen = torch.Generator().manual_seed(7)
+    z_t = torch.randn(4, 4, 16, 16, generator=gen)
+    t = torch.tensor([20, 300, 600, 980])
+    cond = prior.encode_text([PROMPT] * 4)
+    cameras = [
+        g.camera_condition(_cameras([0.0, 90.0, 180.0, 270.0])),
+        10.0 * torch.randn(4, 16, generator=gen),  # any vector, not only camera matrices
+    ]
+    with torch.no_grad():
+        frozen = prior.predict_noise(z_t, t, cond)  # the base UNet, no adapter selected
+        for camera in cameras:
+            assert torch.equal(g.score_model_noise(z_t, t, cond, camera), frozen)
+        g.camera_embedding.linear_2.reset_parameters()  # threestudio: PyTorch's default init
+        moved = g.score_model_noise(z_t, t, cond, cameras[1])
+    assert float((moved - frozen).abs().max()) > 1e-3
 
 
 # ------------------------------------------------------------------------------ gradient routing
@@ -405,10 +445,10 @@ def test_adapter_save_load_roundtrip_bit_exact(tiny_prior_path: Path, tmp_path: 
     z_t = torch.randn(2, 4, 16, 16, generator=gen)
     t = torch.tensor([100, 800])
     cams = _cameras([0.0, 270.0])
-    cond, uncond = g1.prompt_embeddings(PROMPT).get(cams)
+    cond = g1.prompt_embeddings(PROMPT).get(cams)[0]
     camera = g1.camera_condition(cams)
     with torch.no_grad():
-        score1 = g1.score_model_noise(z_t, t, cond, uncond, camera)
+        score1 = g1.score_model_noise(z_t, t, cond, camera)
         with g1.adapters.use([VSD_ADAPTER]):  # base + these weights, no camera: what ω will be
             as_view1 = g1.prior.predict_noise(z_t, t, cond)
         base1 = g1.prior.predict_noise(z_t, t, cond)
@@ -417,7 +457,7 @@ def test_adapter_save_load_roundtrip_bit_exact(tiny_prior_path: Path, tmp_path: 
     g2 = _guidance(tiny_prior_path)
     g2.load_adapter(path, VSD_ADAPTER, trainable=True)
     with torch.no_grad():
-        score2 = g2.score_model_noise(z_t, t, cond, uncond, camera)
+        score2 = g2.score_model_noise(z_t, t, cond, camera)
     assert torch.equal(score1, score2)
     assert all(p.requires_grad for p in g2.lora_parameters())
 
@@ -428,7 +468,7 @@ def test_adapter_save_load_roundtrip_bit_exact(tiny_prior_path: Path, tmp_path: 
     with torch.no_grad():
         with g3.adapters.use(g3.prior_adapters):
             as_view3 = g3.prior.predict_noise(z_t, t, cond)
-        score3 = g3.score_model_noise(z_t, t, cond, uncond, camera)  # fresh ζ (B = 0)
+        score3 = g3.score_model_noise(z_t, t, cond, camera)  # fresh ζ (B = 0)
         base3 = g3.prior.predict_noise(z_t, t, cond)  # outside any selection: the base UNet
     assert torch.equal(as_view3, as_view1)
     assert torch.equal(base3, base1)

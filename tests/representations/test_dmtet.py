@@ -29,6 +29,7 @@ from ra3d.representations.components.mesh_ops import (
 )
 from ra3d.representations.components.rasterize import nvdiffrast_available, rasterize_torch
 from ra3d.representations.components.tetgrid import tet_grid, tets_cache_dir
+from ra3d.representations.convert import ConversionOptions
 from ra3d.representations.dmtet import DMTet
 from ra3d.representations.metrics import silhouette_iou
 from ra3d.representations.nerf import InstantNGPNeRF
@@ -396,9 +397,10 @@ class BallNeRF(InstantNGPNeRF):
 def test_nerf_to_dmtet_recovers_an_analytic_ball() -> None:
     r, res = 0.45, 24
     nerf = BallNeRF(r, floater=True)
+    # sdf_init="normalize": every edge crossing exactly where linear interpolation puts it.
     dmtet = DMTet.from_nerf(nerf, grid_resolution=res, margin=0.1, encoding=FourierEncoding(),
                             hidden_dim=8, background="solid", random_background_prob=0.0,
-                            backend="torch").eval()  # fmt: skip
+                            backend="torch", sdf_init="normalize").eval()  # fmt: skip
     # Box: the ball plus the margin (the floater was removed before measuring).
     probe_cell = 2.0 / res
     pad = max(0.1, 2 * probe_cell)
@@ -427,6 +429,59 @@ def test_nerf_to_dmtet_recovers_an_analytic_ball() -> None:
     pts = torch.rand(64, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
     torch.testing.assert_close(dmtet.query_albedo(pts), nerf.query_albedo(pts))
     torch.testing.assert_close(mesh.vertex_colors, nerf.query_albedo(mesh.vertices))
+
+
+def _lattice(dmtet: DMTet) -> Tensor:
+    """``[V, 3]`` the undeformed grid vertices, from the vertex numbering ``(i n + j) n + k``
+    (n = resolution + 1) and the box alone."""
+    n = dmtet.grid_resolution + 1
+    idx = torch.arange(n**3)
+    ijk = torch.stack([idx // (n * n), (idx // n) % n, idx % n], dim=-1).double()
+    lo, hi = dmtet.bbox.double()
+    return lo + ijk * (hi - lo) / dmtet.grid_resolution
+
+
+def _analytic_density(x: Tensor, r: float, slope: float) -> Tensor:
+    return (25.0 + slope * (r - x.norm(dim=-1))).clamp(min=0.0)
+
+
+def test_nerf_to_dmtet_sdf_is_threestudios_clamped_level() -> None:
+    """Default ``sdf_init="clamp"``: s = clamp(25 − σ, −1, 1) at every grid vertex, σ evaluated
+    here on the analytic ball at lattice points computed from the box; ``"normalize"`` divides
+    25 − σ by one constant c, bounded by the ball's slope times the cube diagonal."""
+    r, slope, res = 0.45, 100.0, 20
+    nerf = BallNeRF(r, slope=slope)
+    args = dict(grid_resolution=res, encoding=FourierEncoding(), hidden_dim=8, backend="torch",
+                copy_texture=False)  # fmt: skip
+    clamped = DMTet.from_nerf(nerf, **args)
+    d = 25.0 - _analytic_density(_lattice(clamped), r, slope)  # [V], negative inside
+    expected = d.clamp(-1.0, 1.0)
+    # float32 positions and density: |Δd| <= slope |Δx| with |Δx| ~ 1e-7
+    torch.testing.assert_close(clamped.sdf.detach().double(), expected, rtol=0, atol=1e-4)
+    near = (d.abs() < 1.0) & (d.abs() > 1e-3)
+    assert int(near.sum()) > 20  # vertices within 0.01 of the sphere keep their raw value
+    assert float((expected.abs() == 1.0).double().mean()) > 0.9  # the rest sit at ±1
+
+    normalized = DMTet.from_nerf(nerf, sdf_init="normalize", **args)
+    torch.testing.assert_close(normalized.bbox, clamped.bbox)
+    s_norm = normalized.sdf.detach().double()
+    inner = (s_norm.abs() < 1.0) & (d.abs() > 1e-2)
+    ratio = d[inner] / s_norm[inner]  # = c, one constant
+    c = float(ratio.median())
+    torch.testing.assert_close(ratio, torch.full_like(ratio, c), rtol=1e-4, atol=0)
+    h = float(clamped.cell_size().max())
+    # c is |25 − σ| at a vertex of a cube the surface crosses: within one cube diagonal of the
+    # sphere, and at least the largest |d| at the ends of an edge across it (> half a cell away).
+    assert 0.5 * slope * float(clamped.cell_size().min()) <= c <= slope * math.sqrt(3) * h
+    # Clamping moves crossings, but never off their edge: vertices within one edge (≤ √3 h) of
+    # the sphere, while normalize keeps the interpolated level set (test above).
+    radial = clamped.extract_mesh().vertices.double().norm(dim=-1) - r
+    assert float(radial.abs().max()) <= math.sqrt(3) * h
+    with pytest.raises(ConfigError, match="sdf_init"):
+        DMTet.from_nerf(nerf, sdf_init="scale", **args)
+    with pytest.raises(ConfigError, match="sdf_init"):
+        ConversionOptions(sdf_init="raw")
+    assert ConversionOptions().sdf_init == "clamp"
 
 
 def test_nerf_to_dmtet_auto_threshold_and_errors() -> None:

@@ -9,8 +9,10 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import trimesh
+import yaml
 
 from ra3d.augmentation.assets import RetrievalConfig
+from ra3d.cameras import make_cameras
 from ra3d.errors import CheckpointError, ConfigError
 from ra3d.representations.convert import ConversionOptions
 from ra3d.representations.dmtet import DMTet
@@ -20,6 +22,7 @@ from ra3d.training.checkpoint import read_checkpoint
 from ra3d.training.data import RandomCameraDataModule
 from ra3d.training.stages import guidance_image
 from ra3d.training.system import Ra3dSystem
+from tests.paths import CONFIGS
 from tests.toys import ColorField, NoisyTargetGuidance
 
 ENCODING = {"n_levels": 2, "n_features_per_level": 2, "log2_hashmap_size": 8, "backend": "torch"}
@@ -95,6 +98,37 @@ def test_texture_phase_keeps_geometry_fixed_and_takes_dmtet_state(coarse, tmp_pa
     _fit(tmp_path / "tex", texture, 2)
     assert torch.equal(texture.particles[0].sdf, sdf_before)
     assert not texture.particles[0].sdf.requires_grad
+
+
+@pytest.mark.parametrize("config", ["fine_texture.yaml", "demo_texture.yaml"])
+def test_texture_phase_background_is_not_augmented(config: str) -> None:
+    """threestudio's texture stage keeps its neural environment map with ``random_aug`` off (the
+    geometry is fixed, so the reason for random backgrounds — density painting the background —
+    is gone): the texture configs set ``random_background_prob: 0``, and a DMTet built with
+    their arguments renders, in training mode, the environment map itself at every step."""
+    args = yaml.safe_load((CONFIGS / config).read_text())["model"]["representation"]["init_args"]
+    assert args["random_background_prob"] == 0.0 and args["background"] == "neural_env"
+
+    def empty_dmtet(prob: float) -> DMTet:  # no surface: every pixel is background
+        model = DMTet(grid_resolution=4, encoding=ENCODING, hidden_dim=8, backend="torch",
+                      background=args["background"], random_background_prob=prob).train()  # fmt: skip
+        with torch.no_grad():
+            model.sdf.fill_(1.0)
+        return model
+
+    cams = make_cameras(torch.tensor([10.0]), torch.tensor([30.0]), torch.tensor([2.0]),
+                        torch.tensor([45.0]), 6, 6)  # fmt: skip
+    torch.manual_seed(0)
+    model = empty_dmtet(args["random_background_prob"])
+    with torch.no_grad():
+        env = model.background(cams.rays()[1])  # [1, 6, 6, 3], the map at the pixels' rays
+        for _ in range(8):
+            torch.testing.assert_close(model.render(cams).rgb, env, rtol=0, atol=0)
+        # The DMTet's default (0.5, the coarse NeRF's augmentation) does replace it.
+        augmented = empty_dmtet(0.5)
+        augmented.background.load_state_dict(model.background.state_dict())
+        replaced = [not torch.equal(augmented.render(cams).rgb, env) for _ in range(8)]
+    assert any(replaced) and not all(replaced)  # p = 0.5 per render; deterministic (seed 0)
 
 
 def test_fine_run_resumes_exactly(coarse, tmp_path: Path) -> None:
