@@ -5,6 +5,8 @@
     ra3d db import sh3f FILE --db OUT
     ra3d db import objaverse --cap3d CSV --db OUT [--uids FILE | --limit N] [--mirror DIR]
                              [--annotations] [--license L ...] [--download [--processes P]]
+    ra3d db embed [--db PATH] [--embedder minilm|clip] [--devices N] [--accelerator cpu|gpu]
+                  [--chunk N]
 
 User errors print one ``ra3d db: error: ...`` line and return 2; an import that skipped every
 mesh returns 1; skipped meshes are listed as warnings on stderr.
@@ -36,7 +38,7 @@ class _UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="ra3d db", description="Inspect or import 3D asset databases.")
     sub = parser.add_subparsers(
-        dest="command", metavar="{info,import}", parser_class=_ArgumentParser
+        dest="command", metavar="{info,import,embed}", parser_class=_ArgumentParser
     )
     info = sub.add_parser("info", help="summary of a database (count, sources, licences, cache)")
     info.add_argument(
@@ -87,6 +89,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="also download (and validate) the recorded objects' meshes now, for offline use",
     )  # fmt: skip
     obj.add_argument("--processes", type=int, default=1, help="parallel download processes")
+
+    emb = sub.add_parser(
+        "embed",
+        help="compute the caption embeddings of a database ahead of retrieval (resumable; "
+        "several devices through Lightning DDP)",
+    )
+    emb.add_argument(
+        "--db", type=Path, default=None, help="database folder (default: $RA3D_DATABASE or builtin)"
+    )
+    emb.add_argument("--embedder", choices=("minilm", "clip"), default="minilm")
+    emb.add_argument("--clip-model", default=None, help="open_clip model (with --embedder clip)")
+    emb.add_argument(
+        "--clip-pretrained", default=None, help="CLIP weights tag or file (with --embedder clip)"
+    )
+    emb.add_argument("--devices", type=int, default=1, help="devices (ranks) per node")
+    emb.add_argument("--num-nodes", type=int, default=1, help="nodes (Lightning's num_nodes)")
+    emb.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
+    emb.add_argument(
+        "--chunk", type=int, default=None,
+        help="captions per chunk, the unit written (and resumed) at once (default 4096)",
+    )  # fmt: skip
+    emb.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -183,6 +207,56 @@ def _import(args: argparse.Namespace) -> int:
     return 0 if result.imported or not result.skipped else 1
 
 
+def _embed(args: argparse.Namespace) -> int:
+    """``ra3d db embed``: fill the caption store that ``ra3d retrieve`` then reads (the same
+    folder and chunking, so a later retrieve only builds the index)."""
+    import time
+
+    from ra3d.retrieval.embed import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, make_embedder
+    from ra3d.retrieval.embed_predict import embed_with_trainer
+    from ra3d.retrieval.search import CACHE_SUBDIR, CAPTION_CHUNK
+
+    chunk = CAPTION_CHUNK if args.chunk is None else args.chunk
+    if chunk < 1 or args.devices < 1 or args.num_nodes < 1:
+        raise _UsageError("--chunk, --devices and --num-nodes must be >= 1")
+    if args.accelerator == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _UsageError("--accelerator gpu: no CUDA device here; use --accelerator cpu")
+    db = AssetDatabase.open(args.db) if args.db is not None else default_database()
+    clip = dict(
+        clip_model=args.clip_model or DEFAULT_CLIP_MODEL,
+        clip_pretrained=args.clip_pretrained or DEFAULT_CLIP_PRETRAINED,
+    )
+    embedder = make_embedder(args.embedder, device="cpu", **clip)
+
+    def factory(device: object) -> object:
+        return make_embedder(args.embedder, device=device, **clip)  # type: ignore[arg-type]
+
+    t0 = time.perf_counter()
+    store, trainer, writer = embed_with_trainer(
+        db, embedder, root=db.cache_dir / CACHE_SUBDIR, chunk=chunk, devices=args.devices,
+        accelerator=args.accelerator, num_nodes=args.num_nodes, factory=factory,  # type: ignore[arg-type]
+        progress=not args.no_progress,
+    )  # fmt: skip
+    if trainer.global_rank != 0:
+        return 0
+    missing = store.missing_chunks()
+    dt = time.perf_counter() - t0
+    print(
+        f"caption embeddings of {len(db)} asset(s) with {embedder.id}: "
+        f"{store.n_chunks - len(missing)} of {store.n_chunks} chunk(s) done "
+        f"({len(writer.written)} by rank 0 in this run, {trainer.world_size} rank(s), "
+        f"{dt:.1f} s) in {store.folder}"
+    )
+    if missing:
+        print(f"ra3d db: error: {len(missing)} chunk(s) are still missing; run it again to resume",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     print(f"ra3d db: warning: {message}", file=sys.stderr)
 
@@ -202,6 +276,8 @@ def main_db(argv: Sequence[str]) -> int:
             warnings.showwarning = _show_warning
             if args.command == "info":
                 return _info(args.db)
+            if args.command == "embed":
+                return _embed(args)
             return _import(args)
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2

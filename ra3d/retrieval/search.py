@@ -7,8 +7,12 @@ kept assets are then frontally aligned (:mod:`ra3d.retrieval.align`).
 
 Everything derived from the database is cached in ``database.cache_dir/retrieval``:
 
-* ``captions-<embedder>-<manifest>/`` — the caption vector index (exact or ScaNN), keyed by the
-  embedder id and the manifest hash, so a new embedder or an edited database builds a new one;
+* ``embeddings-captions-<embedder>-<manifest>/`` — the caption embeddings (float16, filled in
+  chunks that survive a killed run, :mod:`ra3d.retrieval.embedding_store`; ``ra3d db embed``
+  fills it on several devices);
+* ``captions-<embedder>-<manifest>/`` — the caption vector index (exact or ScaNN) built from
+  them, keyed by the embedder id and the manifest hash, so a new embedder or an edited database
+  builds a new one;
 * ``views-<embedder>-<render settings>/<uid>-<mesh key>.npy`` — ``[K, D]`` embeddings of each
   asset's ``K`` orbit renders, computed on first use. Their mean is the asset's image embedding
   for the rerank, and the same ``K`` views score the frontal alignment, so one render pass serves
@@ -58,6 +62,13 @@ from ra3d.retrieval.embed import (
     Embedder,
     make_embedder,
 )
+from ra3d.retrieval.embedding_store import (
+    DEFAULT_CHUNK,
+    EmbeddingStore,
+    caption_store,
+    embed_database_captions,
+    store_dirname,
+)
 from ra3d.retrieval.fetch import MeshFetcher, default_fetcher
 from ra3d.retrieval.index import (
     IndexCorruptError,
@@ -81,8 +92,9 @@ LICENSE_OVERSAMPLE = 8
 #: Most caption matches one retrieve examines (a licence filter few assets pass, or many failed
 #: fetches); beyond it the retrieve returns what it found, or fails with the reasons.
 MAX_EXAMINED = 100_000
-#: Captions embedded per call when the caption index is built here.
-CAPTION_CHUNK = 4096
+#: Rows per chunk of the caption store (each chunk is written as it finishes, see
+#: :mod:`ra3d.retrieval.embedding_store`).
+CAPTION_CHUNK = DEFAULT_CHUNK
 
 
 class NoUsableAssetError(Ra3dError, RuntimeError):
@@ -325,20 +337,26 @@ class TwoStageRetriever(Retriever):
             logger.info(message, *args)
 
     # ------------------------------------------------------------------ stage 1: captions
-    def _caption_embeddings(self) -> np.ndarray:
-        """``[N, D]`` unit caption embeddings in the database's row order (row ``i`` is
-        ``database.caption_rows(i, i + 1)``).
+    def caption_store(self, progress: bool | None = None) -> EmbeddingStore:
+        """The database's caption embeddings for this embedder (float16, memory-mapped; row
+        ``i`` is ``database.caption_rows(i, i + 1)``; see :mod:`ra3d.retrieval.embedding_store`).
 
-        The one source of the caption vectors the index is built from. Here they are computed
-        in one pass, chunk by chunk; a store of precomputed (resumable, sharded) embeddings
-        replaces this method.
+        Chunks a previous (killed) run or ``ra3d db embed`` (several devices) already wrote are
+        kept; the missing ones are embedded here, with a progress bar when there are many.
         """
         db, emb = self.database, self.embedder
-        chunks = []
-        for start in range(0, len(db), CAPTION_CHUNK):
-            captions = [c for _, c in db.caption_rows(start, start + CAPTION_CHUNK)]
-            chunks.append(emb.embed_text(captions).numpy().astype(np.float32, copy=False))
-        return np.concatenate(chunks) if chunks else np.zeros((0, emb.dim), np.float32)
+        store = caption_store(db, emb, root=self.cache_root, chunk=CAPTION_CHUNK)
+        if not store.complete:
+            missing = len(store.missing_chunks())
+            show = progress if progress is not None else missing > 1
+            embed_database_captions(db, emb, root=self.cache_root, chunk=CAPTION_CHUNK,
+                                    progress=show)  # fmt: skip
+        return store
+
+    def _caption_embeddings(self) -> np.ndarray:
+        """``[N, D]`` float32 unit caption embeddings in the database's row order, read from the
+        caption store (filled first where needed)."""
+        return np.asarray(self.caption_store().vectors(), dtype=np.float32)
 
     def caption_index(self) -> VectorIndex:
         """The caption index of the database (loaded from the cache, or built and cached)."""
@@ -384,8 +402,9 @@ class TwoStageRetriever(Retriever):
         return index
 
     def clear_cache(self) -> None:
-        """Delete this embedder's cached caption index and view embeddings."""
-        for path in (self._caption_index_dir(), self._views_dir()):
+        """Delete this embedder's cached caption embeddings, caption index and view embeddings."""
+        store = self.cache_root / store_dirname(self.embedder.id, self.database.manifest_hash)
+        for path in (store, self._caption_index_dir(), self._views_dir()):
             shutil.rmtree(path, ignore_errors=True)
         self._index = None
 
