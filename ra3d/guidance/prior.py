@@ -48,19 +48,9 @@ _DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
 }
 
-# Files each sub-folder must hold: a config and (for models) one of the weight files.
-_CONFIG_FILES: dict[str, tuple[str, ...]] = {
-    "unet": ("config.json",),
-    "vae": ("config.json",),
-    "text_encoder": ("config.json",),
-    "scheduler": ("scheduler_config.json",),
-}
+# Weight-file suffixes (of the UNet, hashed by ``cache_id``); what a folder must hold is
+# ra3d.guidance.prior_files.PRIOR_REQUIREMENTS.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
-_WEIGHT_FILES = {
-    "unet": "diffusion_pytorch_model.safetensors",
-    "vae": "diffusion_pytorch_model.safetensors",
-    "text_encoder": "model.safetensors",
-}
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -91,38 +81,39 @@ def hub_offline(local_files_only: bool | None = None) -> bool:
 
 def _offline_message(name: str) -> str:
     return (
-        f"the weights for {name!r} are not available offline; set the config key "
-        f"model.guidance.init_args.prior to a local diffusers folder "
-        f"(--model.guidance.init_args.prior /path/to/sd) or run the offline demo "
-        f"`ra3d fit --config configs/demo.yaml`"
+        f"the weights for {name!r} are not available offline (HF_HUB_OFFLINE is set and the "
+        "Hugging Face cache has no copy). On a machine with internet run "
+        f"`ra3d weights download --prior {name}` and copy its Hugging Face cache "
+        "(~/.cache/huggingface/hub) here; or set the config key model.guidance.init_args.prior "
+        "to a local diffusers folder (--model.guidance.init_args.prior /path/to/sd); or run the "
+        "offline demo `ra3d fit --config configs/demo.yaml`"
     )
 
 
-def check_model_folder(folder: Path) -> None:
-    """Raise ``FileNotFoundError`` naming the first missing file of a diffusers SD folder."""
-    for sub, configs in _CONFIG_FILES.items():
-        for config in configs:
-            if not (folder / sub / config).is_file():
-                raise ModelNotFoundError(
-                    f"{folder} is not a complete Stable Diffusion folder: missing "
-                    f"{sub}/{config}. Point pretrained_model_name_or_path at a diffusers-layout "
-                    "folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
-                )
-        if sub != "scheduler":
-            weights = [p for p in (folder / sub).iterdir() if p.name.endswith(_WEIGHT_SUFFIXES)]
-            if not weights:
-                raise ModelNotFoundError(
-                    f"{folder} is not a complete Stable Diffusion folder: missing weights "
-                    f"{sub}/{_WEIGHT_FILES[sub]} (or a .bin equivalent)"
-                )
-    tok = folder / "tokenizer"
-    if not (tok / "tokenizer.json").is_file():
-        for name in ("vocab.json", "merges.txt"):
-            if not (tok / name).is_file():
-                raise ModelNotFoundError(
-                    f"{folder} is not a complete Stable Diffusion folder: missing "
-                    f"tokenizer/{name} (or tokenizer/tokenizer.json)"
-                )
+def check_model_folder(folder: Path, fix: str | None = None) -> None:
+    """Raise :class:`~ra3d.guidance.prior_files.IncompleteModelError` (a ``FileNotFoundError``)
+    naming the first file of :data:`~ra3d.guidance.prior_files.PRIOR_REQUIREMENTS` that a
+    diffusers SD folder lacks; ``fix`` says how to complete it (default: copy the file in)."""
+    from ra3d.guidance.prior_files import IncompleteModelError, missing_requirements
+
+    missing = missing_requirements(folder)
+    if not missing:
+        return
+    first = missing[0]
+    if first.what.endswith(" weights"):
+        what = f"weights {first.paths[0]} (or a .bin equivalent)"
+    elif len(first.paths) > 1:
+        what = f"{first.paths[0]} (or {first.paths[1]})"
+    else:
+        what = first.paths[0]
+    fix = fix or (
+        "Point model.guidance.init_args.prior at a complete diffusers-layout folder "
+        "(model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) or copy the "
+        "missing file in"
+    )
+    raise IncompleteModelError(
+        f"{folder} is not a complete Stable Diffusion folder: missing {what}. {fix}"
+    )
 
 
 TINY_MODEL_ID = "ra3d/tiny-sd"
@@ -167,12 +158,19 @@ def ensure_tiny_model(seed: int = 0, image_size: int = 64) -> Path:
 def resolve_model_path(name_or_path: str | os.PathLike, local_files_only: bool | None) -> str:
     """Map the constructor argument to what ``from_pretrained`` should receive.
 
-    A local folder is checked for missing files. A hub id is returned as is when online; offline it
-    is resolved to its snapshot in the Hugging Face cache, and a hub id that is not cached raises
-    :class:`OfflineModelError` *without touching the network*.
+    A local folder is checked for missing files. Online, a hub id is fetched into the Hugging Face
+    cache — only the files the prior loads (:func:`ra3d.guidance.prior_files.fetch_prior`) — and
+    its snapshot folder returned; a repository that is missing, gated, unreachable or does not fit
+    on the disk raises its own error naming the fix. Offline it is resolved to its snapshot in the
+    cache, and a hub id that is not cached raises :class:`OfflineModelError` *without touching the
+    network*. Either way every failure comes before training starts.
     """
     if str(name_or_path) == TINY_MODEL_ID:
         return str(ensure_tiny_model())
+    if str(name_or_path) == "ra3d/sd21-base-random":  # SD 2.1-base's shapes, random weights
+        from ra3d.guidance.random_prior import ensure_sd21_base_random
+
+        return str(ensure_sd21_base_random(ra3d_cache_dir()))
     path = Path(os.path.expanduser(str(name_or_path)))
     if path.is_dir():
         check_model_folder(path)
@@ -185,8 +183,16 @@ def resolve_model_path(name_or_path: str | os.PathLike, local_files_only: bool |
             f"{name!r} is not a folder. pretrained_model_name_or_path must be a diffusers-layout "
             f"Stable Diffusion folder or a hub id such as {DEFAULT_MODEL!r}"
         )
+    refetch = (
+        f"Fetch it again: `ra3d weights download --prior {name}` (on a machine with internet, "
+        "then copy its Hugging Face cache here), or use a local diffusers folder"
+    )
     if not hub_offline(local_files_only):
-        return name
+        from ra3d.guidance.prior_files import fetch_prior
+
+        snapshot = fetch_prior(name)
+        check_model_folder(snapshot, fix=refetch)
+        return str(snapshot)
     from huggingface_hub import try_to_load_from_cache
 
     try:
@@ -195,7 +201,7 @@ def resolve_model_path(name_or_path: str | os.PathLike, local_files_only: bool |
         cached = None
     if isinstance(cached, str):
         snapshot = Path(cached).parent
-        check_model_folder(snapshot)
+        check_model_folder(snapshot, fix=refetch)
         return str(snapshot)
     raise OfflineModelError(_offline_message(name))
 
@@ -258,7 +264,18 @@ class DiffusionPrior(nn.Module):
             self.scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
         except OSError as err:
             if Path(source).is_dir():
-                raise
+                from ra3d.guidance.prior_files import IncompleteModelError
+
+                name = self.pretrained_model_name_or_path
+                again = (
+                    f"`ra3d weights download --prior {name}`"
+                    if not Path(os.path.expanduser(name)).is_dir()
+                    else "a fresh copy of the folder"
+                )
+                raise IncompleteModelError(
+                    f"could not load the prior from {source} ({type(err).__name__}: {err}); a "
+                    f"file there is damaged or incomplete (an interrupted copy?). Fix: {again}"
+                ) from err
             raise OfflineModelError(
                 f"could not load {source!r} from the Hugging Face hub ({err}); pass a local "
                 "folder (pretrained_model_name_or_path=/path/to/sd) or run the offline demo "

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from ra3d.cameras import make_cameras, view_direction, view_prompt
 from ra3d.errors import ConfigError, OfflineModelError
-from ra3d.guidance.prior import DiffusionPrior
+from ra3d.guidance.prior import DEFAULT_MODEL, DiffusionPrior
 from ra3d.guidance.prompts import PromptEmbeddings
 from ra3d.guidance.tiny import build_tiny_stable_diffusion
 
@@ -293,17 +293,18 @@ def test_offline_hub_id_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     with pytest.raises(OfflineModelError) as info:
-        DiffusionPrior("stabilityai/stable-diffusion-2-1-base")
+        DiffusionPrior(DEFAULT_MODEL)
     message = str(info.value)
-    assert "'stabilityai/stable-diffusion-2-1-base' are not available offline" in message
-    assert "/path/to/sd" in message  # the fix: a local folder ...
+    assert f"{DEFAULT_MODEL!r} are not available offline" in message
+    assert f"`ra3d weights download --prior {DEFAULT_MODEL}`" in message  # fetch it elsewhere,
+    assert "/path/to/sd" in message  # or a local folder ...
     assert "ra3d fit --config configs/demo.yaml" in message  # ... or the offline demo
     assert isinstance(info.value, FileNotFoundError)
     # local_files_only=True means offline even without the environment variable.
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     with pytest.raises(OfflineModelError, match="not available offline"):
-        DiffusionPrior("stabilityai/stable-diffusion-2-1-base", local_files_only=True)
+        DiffusionPrior(DEFAULT_MODEL, local_files_only=True)
 
 
 def test_offline_hub_id_found_in_cache(
