@@ -106,11 +106,15 @@ def clip_vocab_and_merges(bpe_path: str | Path | None = None) -> tuple[dict[str,
     return vocab, merges
 
 
-def write_clip_tokenizer(folder: str | Path, bpe_path: str | Path | None = None) -> Path:
+def write_clip_tokenizer(
+    folder: str | Path, bpe_path: str | Path | None = None, pad_token: str = EOS_TOKEN
+) -> Path:
     """Write a ``CLIPTokenizer`` folder (``vocab.json``, ``merges.txt``, configs) offline.
 
     The files have the layout of Stable Diffusion's own ``tokenizer/`` sub-folder, so loading them
     exercises the same ``CLIPTokenizer.from_pretrained`` conversion as the real model.
+    ``pad_token``: SD 1.x pads with ``<|endoftext|>``; SD 2.x's tokenizer (OpenCLIP's) pads with
+    ``"!"`` (id 0), which changes the ids after the end of the prompt and so the text embedding.
     """
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,12 +125,37 @@ def write_clip_tokenizer(folder: str | Path, bpe_path: str | Path | None = None)
         "bos_token": BOS_TOKEN,
         "eos_token": EOS_TOKEN,
         "unk_token": EOS_TOKEN,
-        "pad_token": EOS_TOKEN,
+        "pad_token": pad_token,
     }
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MODEL_MAX_LENGTH, **special}
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
     return out
+
+
+def write_model_index(folder: str | Path, scheduler_class: str = "DDPMScheduler") -> Path:
+    """Write the ``model_index.json`` of a diffusers ``StableDiffusionPipeline`` folder.
+
+    Written last by the builders: :func:`ra3d.guidance.prior.resolve_model_path` takes a cache
+    folder holding it as complete, and the folders are renamed into place only after.
+    """
+    import diffusers
+
+    model_index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", scheduler_class],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    path = Path(folder) / "model_index.json"
+    path.write_text(json.dumps(model_index, indent=2) + "\n")
+    return path
 
 
 def build_tiny_stable_diffusion(path: str | Path, seed: int = 0, image_size: int = 64) -> Path:
@@ -153,7 +182,6 @@ def _build_tiny_stable_diffusion(path: str | Path, seed: int = 0, image_size: in
     Returns:
         The folder, loadable by ``DiffusionPrior(str(path))``.
     """
-    import diffusers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -214,18 +242,6 @@ def _build_tiny_stable_diffusion(path: str | Path, seed: int = 0, image_size: in
     vae.save_pretrained(out / "vae")
     unet.save_pretrained(out / "unet")
     scheduler.save_pretrained(out / "scheduler")
-    model_index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDPMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (out / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+    write_model_index(out)
     logger.info("built tiny Stable Diffusion (%d px, seed %d) at %s", image_size, seed, out)
     return out
