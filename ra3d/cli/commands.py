@@ -38,6 +38,8 @@ COMMANDS: tuple[Command, ...] = (
             'search the 3D asset database (ra3d retrieve "a teddy bear" -k 3)'),
     Command("db", "ra3d.cli.db", "main_db",
             "inspect or import asset databases (ra3d db info, ra3d db import ...)"),
+    Command("weights", "ra3d.cli.weights", "main_weights",
+            "fetch the prior and CLIP weights ahead (ra3d weights download), check them offline"),
     Command("adapt", "ra3d.cli.adapt", "main_adapt",
             "lightweight adaptation of the prior on asset renders, Eq. 12 (ra3d adapt --prompt ...)"),
     Command("export", "ra3d.cli.export", "main_export",

@@ -27,7 +27,7 @@ import errno
 import logging
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -455,10 +455,15 @@ def plan_clip(spec: str, client: HubClient, local_dir: Path | None = None) -> Do
                         local_dir)  # fmt: skip
 
 
-def execute(plan: DownloadPlan, client: HubClient) -> dict[str, Path]:
+def execute(
+    plan: DownloadPlan,
+    client: HubClient,
+    progress: Callable[[int, int, RepoFile], None] | None = None,
+) -> dict[str, Path]:
     """Download the plan's missing files (the present ones are kept); path in repo → local path.
 
     Checks the free space first, so a download that cannot fit stops before it starts.
+    ``progress(i, n, file)`` is called before the i-th of n downloads (1-based).
     """
     dest = plan.destination
     probe = dest
@@ -467,7 +472,10 @@ def execute(plan: DownloadPlan, client: HubClient) -> dict[str, Path]:
     if plan.missing_bytes and probe.exists() and shutil.disk_usage(probe).free < plan.missing_bytes:
         raise _disk_full(plan.kind, plan.name, plan.repo_id, dest, plan.missing_bytes)
     out = dict(plan.present)
-    for f in plan.missing:
+    missing = plan.missing
+    for i, f in enumerate(missing, 1):
+        if progress is not None:
+            progress(i, len(missing), f)
         with hub_errors(plan.kind, plan.name, plan.repo_id, folder=dest,
                         needed=plan.missing_bytes):  # fmt: skip
             out[f.path] = client.download(plan.repo_id, f.path, plan.local_dir)
@@ -509,6 +517,52 @@ def fetch_prior(
     return snapshot_folder(execute(plan, client))
 
 
+@dataclass
+class Presence:
+    """What one model needs on this machine: the files found (path in repo, local path, size)
+    and the ones missing, as ``ra3d weights check`` reports them."""
+
+    present: list[tuple[str, Path, int]]
+    missing: list[str]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+def prior_presence(
+    repo_id: str, client: HubClient | None = None, local_dir: Path | None = None
+) -> Presence:
+    """Which of :data:`PRIOR_REQUIREMENTS` of hub repository ``repo_id`` are in the Hugging Face
+    cache (or ``local_dir``). Offline: reads only the local disk."""
+    client = client or HuggingFaceHub()
+    present: list[tuple[str, Path, int]] = []
+    missing: list[str] = []
+    for requirement in PRIOR_REQUIREMENTS:
+        hit = next(
+            ((p, h) for p in requirement.paths if (h := local_copy(client, repo_id, p, local_dir))),
+            None,
+        )
+        if hit is None:
+            missing.append(requirement.paths[0])
+        elif hit[0] not in {p for p, _, _ in present}:
+            present.append((hit[0], hit[1], hit[1].stat().st_size))
+    return Presence(present, missing)
+
+
+def folder_presence(folder: Path) -> Presence:
+    """The same for a local diffusers folder."""
+    present: list[tuple[str, Path, int]] = []
+    missing: list[str] = []
+    for requirement in PRIOR_REQUIREMENTS:
+        hit = requirement.found_in(folder)
+        if hit is None:
+            missing.append(requirement.paths[0])
+        elif hit not in {h for _, h, _ in present}:
+            present.append((hit.relative_to(folder).as_posix(), hit, hit.stat().st_size))
+    return Presence(present, missing)
+
+
 def _cached_snapshot(repo_id: str, client: HubClient, local_dir: Path | None) -> Path | None:
     """A complete local copy of ``repo_id`` (cache snapshot of main, or ``local_dir``), or None."""
     if local_dir is not None:
@@ -525,7 +579,7 @@ def _cached_snapshot(repo_id: str, client: HubClient, local_dir: Path | None) ->
 
 __all__ = [
     "CLIP_WEIGHT_FILES", "DEFAULT_CLIP", "PRIOR_ALTERNATIVES", "PRIOR_REQUIREMENTS",
-    "DownloadPlan", "GatedRepositoryError", "HubClient", "HubRepositoryNotFoundError",
+    "DownloadPlan", "GatedRepositoryError", "Presence", "folder_presence", "prior_presence", "HubClient", "HubRepositoryNotFoundError",
     "HuggingFaceHub", "IncompleteModelError", "RepoFile", "Requirement", "clip_hub_source",
     "execute", "fetch_command", "fetch_prior", "hub_cache_dir", "hub_errors", "local_copy",
     "missing_requirements", "parse_clip", "plan_clip", "plan_prior", "select_clip_file",
