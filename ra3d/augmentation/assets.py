@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ra3d.augmentation.relevance import WEAK_MATCH_CHOICES, check_min_score, check_on_weak_match
 from ra3d.errors import ConfigError
 from ra3d.representations.mesh import SUPPORTED_SUFFIXES, UP_AXES, MeshAsset, MeshLoadError
 from ra3d.retrieval.base import RetrievedAsset
@@ -55,6 +56,12 @@ class RetrievalConfig:
         preview_size: pixel size of each view in the preview strips.
         clip_model: open_clip model name for the ``clip`` embedder.
         clip_pretrained: open_clip pretrained tag or weights file for the ``clip`` embedder.
+        min_score: the relevance floor: a retrieved asset scoring below it is a weak match
+            (:mod:`ra3d.augmentation.relevance`); None = the embedder's default
+            (``DEFAULT_MIN_SCORES``: MiniLM 0.44, calibrated; CLIP 0.20, not calibrated).
+        on_weak_match: what a weak match does: ``skip`` (default: the asset is not used; its
+            particles run without the asset term and delta distillation), ``stop`` (an error
+            naming the scores) or ``use`` (used anyway).
     """
 
     enabled: bool = True
@@ -75,6 +82,8 @@ class RetrievalConfig:
     preview_size: int = 192
     clip_model: str | None = None
     clip_pretrained: str | None = None
+    min_score: float | None = None
+    on_weak_match: str = field(default="skip", metadata={"choices": WEAK_MATCH_CHOICES})
 
     def validate(self, n_particles: int, names: Mapping[str, str] | None = None) -> None:
         """Clear errors for settings that cannot work. ``names`` maps a field to what the user
@@ -94,6 +103,8 @@ class RetrievalConfig:
             )
         if self.preview_size < 16:
             raise ConfigError(f"{name('preview_size')} must be >= 16, got {self.preview_size}")
+        check_min_score(self.min_score, name("min_score"))
+        check_on_weak_match(self.on_weak_match, name("on_weak_match"))
         _check_user_lists(self, name)
 
     def n_wanted(self, n_particles: int) -> int:

@@ -4,12 +4,14 @@ and readable by everyone (:mod:`ra3d.io`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ra3d.augmentation.relevance import RelevanceDecision
 from ra3d.io import write_image_atomic, write_json_atomic
 from ra3d.retrieval.base import RetrievedAsset
 
@@ -23,9 +25,17 @@ def write_retrieval_outputs(
     assignment: list[int],
     meshes: list[Any],
     preview_size: int = 192,
+    decisions: Sequence[RelevanceDecision] | None = None,
+    on_weak_match: str | None = None,
 ) -> Path:
-    """``retrieved.json`` (uid, caption, score, rotation, licence, attribution, mesh path, the
-    particles assigned to it) and ``retrieved/assetNN_<uid>.png`` (front, side, back, other side)."""
+    """``retrieved.json`` and ``retrieved/assetNN_<uid>.png`` (front, side, back, other side).
+
+    One ``retrieved.json`` entry per asset: uid, caption, score, rotation, licence, attribution,
+    mesh path, ``particles`` (those π assigned to it), ``preview``; and the relevance floor's
+    verdict (:mod:`ra3d.augmentation.relevance`): ``floor`` (None: no floor applied), ``used``,
+    ``decision`` (``used`` or ``skipped``), ``reason``, ``on_weak_match`` and
+    ``particles_using`` (the particles that train against it: ``particles`` when used, else
+    none). Without ``decisions`` every asset is used."""
     from ra3d.cameras import orbit_cameras
 
     cams = orbit_cameras(
@@ -39,11 +49,20 @@ def write_retrieval_outputs(
         preview = run_dir / PREVIEW_DIR / f"asset{n:02d}_{asset.uid}.png"
         write_image_atomic((strip.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8), preview)
         entry = asset.to_json()
+        particles = [i for i, a in enumerate(assignment) if a == n]
+        decision = decisions[n] if decisions else None
+        used = decision is None or decision.used
         entry.update(
             index=n,
             rotation_deg_about_z=-asset.front_azimuth_deg,
-            particles=[i for i, a in enumerate(assignment) if a == n],
+            particles=particles,
             preview=str(preview.relative_to(run_dir)),
+            floor=None if decision is None or decision.floor is None else float(decision.floor),
+            used=used,
+            decision="used" if used else "skipped",
+            reason=decision.reason if decision is not None else "used",
+            on_weak_match=on_weak_match,
+            particles_using=particles if used else [],
         )
         entries.append(entry)
     path = run_dir / RETRIEVED_JSON

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ra3d.errors import CheckpointError, ConfigError
+from ra3d.errors import CheckpointError, ConfigError, ModelNotFoundError
 from ra3d.training.checks import check_n_particles, check_prompt, check_same_prompt
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,42 @@ def check_trainer(cfg: dict[str, Any], subcommand: str) -> None:
             f"trainer.max_steps must be a positive number of steps (or -1 for no limit), got "
             f"{max_steps!r}: e.g. --trainer.max_steps 150"
         )
+
+
+def check_retrieval(cfg: dict[str, Any], subcommand: str) -> None:
+    """``retrieval.embedder: clip`` (the paper's retrieval, the full-size configs') needs CLIP
+    weights on this machine: without them the fit would load the prior (minutes, gigabytes) and
+    only then fail to retrieve, so it stops here and names the command that fetches them. Only
+    where the fit will retrieve: not with user meshes (``retrieval.assets``), a later stage
+    (``init_from``: the assets are inherited) or a resume (``ckpt_path``: they are recorded)."""
+    retrieval = _get(cfg, "model.retrieval")
+    if subcommand != "fit" or not isinstance(retrieval, dict):
+        return
+    if retrieval.get("enabled", True) is False or retrieval.get("assets") is not None:
+        return
+    if _get(cfg, "model.init_from") is not None or _get(cfg, "ckpt_path") is not None:
+        return
+    if retrieval.get("embedder") != "clip":
+        return
+    from ra3d.retrieval.embed import (
+        DEFAULT_CLIP_MODEL,
+        DEFAULT_CLIP_PRETRAINED,
+        find_local_clip_weights,
+    )
+
+    model = retrieval.get("clip_model") or DEFAULT_CLIP_MODEL
+    pretrained = retrieval.get("clip_pretrained") or DEFAULT_CLIP_PRETRAINED
+    if str(model).startswith("local-dir:"):
+        return  # an open_clip folder: the embedder checks it when it loads
+    if find_local_clip_weights(str(model), str(pretrained)) is not None:
+        return
+    raise ModelNotFoundError(
+        f"retrieval.embedder is clip (the paper's retrieval: caption search, image rerank, "
+        f"frontal alignment) but the CLIP {model}/{pretrained} weights are not on this machine: "
+        f"fetch them with `ra3d weights download --clip {model}:{pretrained}` (then "
+        "`ra3d weights check` shows them), or give retrieval.clip_pretrained a weights file; "
+        "--model.retrieval.embedder minilm retrieves by captions only"
+    )
 
 
 #: Class of the volume renderer whose per-sample memory :func:`estimate_train_bytes` models.
@@ -216,5 +252,6 @@ def check_config(
     """All checks, cheapest first (``records``: see :func:`read_checked_checkpoint`)."""
     check_model(cfg)
     check_trainer(cfg, subcommand)
+    check_retrieval(cfg, subcommand)
     check_resources(cfg, subcommand)
     check_checkpoint(cfg, subcommand, records)

@@ -255,7 +255,7 @@ class Ra3dSystem(pl.LightningModule):
         """Retrieve (or reload from the restored checkpoint) the assets, fix π and adapt the prior
         before the first step. Runs after Lightning restored a checkpoint (``--ckpt_path``), whose
         record then supplies the assets, π and ω: nothing is retrieved again."""
-        if self.augmentation is None or self.augmentation.ready:
+        if self.augmentation is None or self.augmentation.prepared:
             return
         recorded = adapter = None
         if self._restored_record is not None:
@@ -293,21 +293,33 @@ class Ra3dSystem(pl.LightningModule):
         all_cameras = Cameras.cat([cameras] * self.n_particles)
         logs: dict[str, float] = {}
 
-        aug = self.augmentation
+        # Only particles whose asset passed the relevance floor (ra3d.augmentation.relevance)
+        # get the asset term and the delta-distillation reference; none: plain distillation.
+        aug = (
+            self.augmentation
+            if self.augmentation is not None and self.augmentation.active
+            else None
+        )
         asset_weight = self._weight("asset") if aug is not None else 0.0
         use_delta = aug is not None and self.delta_distillation
-        asset_outs = aug.render_assigned(cameras) if (asset_weight != 0.0 or use_delta) else []
+        asset_outs = aug.render_used(cameras) if (asset_weight != 0.0 or use_delta) else []
         reference = None
         if use_delta:
-            reference = torch.cat(
-                [
-                    aug.reference_rgb(a, o)
-                    if self.guide_on == "rgb"
-                    else guidance_image(a, self.guide_on).detach()
-                    for a, o in zip(asset_outs, outputs, strict=True)
-                ]
-            )  # [P*B, H, W, 3], the assigned asset of each particle at the same cameras
-        guidance_out = self.guidance(rgb, all_cameras, self.prompt, reference_rgb=reference)
+            references = [
+                None
+                if a is None
+                else aug.reference_rgb(a, o)
+                if self.guide_on == "rgb"
+                else guidance_image(a, self.guide_on).detach()
+                for a, o in zip(asset_outs, outputs, strict=True)
+            ]  # the assigned asset of each particle at the same cameras
+            if all(r is not None for r in references):
+                reference = torch.cat(references)  # [P*B, H, W, 3]
+                guidance_out = self.guidance(rgb, all_cameras, self.prompt, reference_rgb=reference)
+            else:
+                guidance_out = self._guidance_by_group(outputs, cameras, references)
+        else:
+            guidance_out = self.guidance(rgb, all_cameras, self.prompt)
 
         loss = self.weighted_guidance_loss(guidance_out)
         for name, value in guidance_out.terms.items():
@@ -315,7 +327,7 @@ class Ra3dSystem(pl.LightningModule):
         for name, value in guidance_out.diagnostics.items():
             logs[f"train/{name}"] = float(value)
 
-        if asset_outs and asset_weight != 0.0:
+        if asset_outs and asset_weight != 0.0 and any(a is not None for a in asset_outs):
             asset_loss = self.asset_loss(outputs, asset_outs)
             loss = loss + asset_weight * asset_loss
             logs["train/loss_asset"] = float(asset_loss.detach())
@@ -342,16 +354,53 @@ class Ra3dSystem(pl.LightningModule):
             for name, value in guidance_out.terms.items()
         )
 
-    def asset_loss(self, outputs: list[RenderOutput], asset_outs: list[RenderOutput]) -> Tensor:
+    def asset_loss(
+        self, outputs: list[RenderOutput], asset_outs: list[RenderOutput | None]
+    ) -> Tensor:
         """Eq. 10–11 for all particles: particle i against its assigned asset's render (π
         routing is in ``asset_outs``, one per particle), averaged over particles like the
         distillation term averages over the particle batch; λ is applied by the caller. So
-        ``∂/∂x_i = (2/σ²) w_k (x_i − x_ret^π(i)) / (P·B·H·W)`` for a render quantity x_i."""
+        ``∂/∂x_i = (2/σ²) w_k (x_i − x_ret^π(i)) / (P·B·H·W)`` for a render quantity x_i.
+        A particle without an asset (None: the relevance floor skipped it) has no term; the
+        others keep their 1/P, so their force is what it would be if every particle had one."""
         losses = [
             self.asset_term.loss(out, ref, self.global_step)
             for out, ref in zip(outputs, asset_outs, strict=True)
+            if ref is not None
         ]
-        return torch.stack(losses).mean()
+        if len(losses) == len(outputs):
+            return torch.stack(losses).mean()
+        return torch.stack(losses).sum() / len(outputs)
+
+    def _guidance_by_group(
+        self, outputs: list[RenderOutput], cameras: Cameras, references: list[Tensor | None]
+    ) -> GuidanceOutput:
+        """The guidance for particles of which only some have an asset: one batched call for
+        those with a delta-distillation reference (Eq. 13), one without for the rest (plain
+        v_prior, Eq. 2). Each call's loss is a mean over its batch, so the parts are weighted
+        by their particle counts: every render gets the gradient it would get in one call of
+        all particles. Diagnostics are the same weighted means."""
+        with_ref = [i for i, r in enumerate(references) if r is not None]
+        without = [i for i, r in enumerate(references) if r is None]
+        parts: list[tuple[int, GuidanceOutput]] = []
+        for group, delta in ((with_ref, True), (without, False)):
+            rgb = torch.cat([guidance_image(outputs[i], self.guide_on) for i in group])
+            ref = torch.cat([references[i] for i in group]) if delta else None  # type: ignore[misc]
+            group_cameras = Cameras.cat([cameras] * len(group))
+            parts.append(
+                (len(group), self.guidance(rgb, group_cameras, self.prompt, reference_rgb=ref))
+            )
+        total = float(self.n_particles)
+        loss = sum(n * out.loss for n, out in parts) / total
+        names = {k for _, out in parts for k in out.terms}
+        terms = {k: sum(n * out.terms[k] for n, out in parts if k in out.terms) / total
+                 for k in sorted(names)}  # fmt: skip
+        keys = {k for _, out in parts for k in out.diagnostics}
+        diagnostics = {
+            k: sum(n * out.diagnostics.get(k, 0.0) for n, out in parts) / total
+            for k in sorted(keys)
+        }
+        return GuidanceOutput(loss=loss, terms=terms, diagnostics=diagnostics)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups: dict[str, list[nn.Parameter]] = {}
@@ -374,7 +423,11 @@ class Ra3dSystem(pl.LightningModule):
             return
         was_training = self.training
         self.eval()
-        aug = self.augmentation
+        aug = (
+            self.augmentation
+            if self.augmentation is not None and self.augmentation.active
+            else None
+        )
         with torch.no_grad():
             written = export_particles(
                 list(self.particles),
@@ -395,17 +448,21 @@ class Ra3dSystem(pl.LightningModule):
         """Tiles of one camera: each particle, followed by its assigned asset when there is one."""
         aug = self.augmentation if with_assets else None
         outs = [p.render(camera) for p in self.particles]
-        assets = aug.render_assigned(camera) if aug is not None and aug.ready else []
+        assets = aug.render_used(camera) if aug is not None and aug.active else []
         tiles = []
         for i, out in enumerate(outs):
             tiles.append(to_uint8(out.rgb[0]))
-            if assets:
-                tiles.append(to_uint8(assets[i].rgb[0]))
-        if assets and self.trainer is not None and not self.trainer.sanity_checking:
-            iou = torch.cat(
-                [silhouette_iou(o.opacity, a.opacity) for o, a in zip(outs, assets, strict=True)]
-            )
-            psnr = torch.cat([foreground_psnr(o, a) for o, a in zip(outs, assets, strict=True)])
+            if assets:  # a blank tile beside a particle whose asset the relevance floor skipped
+                asset = assets[i]
+                tiles.append(
+                    to_uint8(asset.rgb[0] if asset is not None else torch.ones_like(out.rgb[0]))
+                )
+        pairs = [
+            (o, a) for o, a in zip(outs, assets or [None] * len(outs), strict=True) if a is not None
+        ]
+        if pairs and self.trainer is not None and not self.trainer.sanity_checking:
+            iou = torch.cat([silhouette_iou(o.opacity, a.opacity) for o, a in pairs])
+            psnr = torch.cat([foreground_psnr(o, a) for o, a in pairs])
             self.log("val/asset_iou", float(iou.mean()), batch_size=1, on_epoch=True)
             self.log("val/asset_psnr", float(psnr.mean()), batch_size=1, on_epoch=True)
         return tiles
