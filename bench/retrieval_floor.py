@@ -19,8 +19,8 @@ The labelled set is ``bench/retrieval_floor/queries.json``: prompts with a regul
 bear"``). The rule: an asset is right when it is the kind of object the prompt asks for, at the
 level a person would name it (any dog for "a corgi puppy", any chair for "a rocking chair");
 shape alone is not enough (a teddy bear is not a corgi, a bread not a hamburger). ``right: null``
-means nothing in either library is right. The labels were written from the object names alone,
-before looking at any score.
+means nothing in either library is right. The labels follow from the object names alone (the
+``right``/``not`` rules), never from a score.
 
 Databases: the starter library (93 CC0 models shipped with ra3d) and the five Sweet Home 3D
 catalogs of Debian's ``sweethome3d-furniture`` (820 models, a superset of the starter library),
