@@ -10,14 +10,20 @@ from meshes the user names (an artist's base mesh is a first-class input). The r
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ra3d.augmentation.relevance import WEAK_MATCH_CHOICES, check_min_score, check_on_weak_match
 from ra3d.errors import ConfigError
-from ra3d.representations.mesh import SUPPORTED_SUFFIXES, UP_AXES, MeshAsset, MeshLoadError
+from ra3d.representations.mesh import (
+    SUPPORTED_SUFFIXES,
+    UP_AXES,
+    MeshAsset,
+    MeshLoadError,
+    load_mesh,
+)
 from ra3d.retrieval.base import RetrievedAsset
 from ra3d.retrieval.embed import EMBEDDER_CHOICES
 
@@ -166,18 +172,7 @@ def user_assets(
         prompt = None
     out = []
     for i, entry in enumerate(config.assets or []):
-        path = Path(entry).expanduser()
-        if not path.is_file():
-            what = "is a directory, not a mesh file" if path.is_dir() else "mesh file not found"
-            raise ConfigError(
-                f"{name('assets')}[{i}]: {what}: {path}; name a mesh file (OBJ, GLB, GLTF, PLY, "
-                "STL, OFF)"
-            )
-        if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-            raise ConfigError(
-                f"{name('assets')}[{i}]: {path.name} is not a supported mesh "
-                f"({', '.join(SUPPORTED_SUFFIXES)})"
-            )
+        path = _user_mesh_path(entry, f"{name('assets')}[{i}]")
         if config.captions:
             caption = config.captions[i]
         else:
@@ -197,6 +192,37 @@ def user_assets(
             )
         )
     return out
+
+
+def _user_mesh_path(entry: str, label: str) -> Path:
+    """The file a user-mesh entry names, after checking it is a file of a supported format."""
+    path = Path(entry).expanduser()
+    if not path.is_file():
+        what = "is a directory, not a mesh file" if path.is_dir() else "mesh file not found"
+        raise ConfigError(
+            f"{label}: {what}: {path}; name a mesh file (OBJ, GLB, GLTF, PLY, STL, OFF)"
+        )
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise ConfigError(
+            f"{label}: {path.name} is not a supported mesh ({', '.join(SUPPORTED_SUFFIXES)})"
+        )
+    return path
+
+
+def check_user_meshes(assets: Sequence[str] | None, names: Mapping[str, str] | None = None) -> None:
+    """Read every user mesh once with the loader's checks (:func:`~ra3d.representations.mesh.
+    load_mesh`: size limits, GLB structure, references inside the mesh's folder, finite
+    coordinates, faces, indices in range), so that ``ra3d fit`` and ``ra3d adapt`` report an
+    unusable file as one ``ra3d: error:`` line before any model is loaded. Small textures: only
+    validity matters here; the run loads the mesh again at its own settings."""
+    name = _namer(names)
+    for i, entry in enumerate(assets or []):
+        label = f"{name('assets')}[{i}]"
+        path = _user_mesh_path(entry, label)
+        try:
+            load_mesh(path, max_texture_size=64, quiet=True)
+        except MeshLoadError as err:
+            raise ConfigError(f"{label}: {err}") from err
 
 
 def up_axis_of(asset: RetrievedAsset) -> str:
@@ -288,6 +314,7 @@ __all__ = [
     "RetrievalConfig",
     "caption_from_file_name",
     "check_recorded_assets",
+    "check_user_meshes",
     "mesh_for",
     "retrieve_assets",
     "up_axis_of",

@@ -147,10 +147,13 @@ def main_adapt(argv: list[str]) -> int:
     else:
         assets = _retrieved_assets(args, retrieval)
 
+    # Every mesh is read (and validated: load_mesh) before the prior: an unusable mesh is one
+    # error line, not a model load wasted.
+    meshes = [mesh_for(a, retrieval.asset_radius) for a in assets]
     from ra3d.guidance.prior import DiffusionPrior
 
     prior = DiffusionPrior(args.prior, dtype=args.dtype, device=args.device)
-    meshes = [mesh_for(a, retrieval.asset_radius).to(prior.device) for a in assets]
+    meshes = [m.to(prior.device) for m in meshes]
     result = train_or_reuse(
         prior, assets, meshes, retrieval.asset_radius, settings, args.prompt,
         progress=not args.no_progress, use_cache=not args.no_cache, out=args.out,

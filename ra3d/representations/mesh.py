@@ -37,6 +37,7 @@ parts and UV seams give one vertex several UVs.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from dataclasses import dataclass, field
@@ -50,6 +51,15 @@ from torch import Tensor
 
 from ra3d.cameras import Cameras
 from ra3d.representations.base import RenderOutput, Representation, TriangleMesh
+from ra3d.representations.components.mesh_files import (
+    LIMIT_ENV,
+    ConfinedResolver,
+    MeshLimits,
+    MeshLoadError,
+    MeshNotFoundError,  # noqa: F401 - re-exported: load_mesh raises it
+    check_mesh_file,
+    check_totals,
+)
 from ra3d.representations.components.rasterize import Fragments, Rasterizer
 
 logger = logging.getLogger(__name__)
@@ -61,10 +71,6 @@ SUPPORTED_SUFFIXES: tuple[str, ...] = (".obj", ".glb", ".gltf", ".ply", ".stl", 
 SHADINGS: tuple[str, ...] = ("albedo", "lambertian")
 # Rotation taking a Y-up, +Z-front file to ra3d's Z-up, +X-front world: (x, y, z) -> (z, x, y).
 Y_UP_TO_Z_UP = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-
-
-class MeshLoadError(ValueError):
-    """A mesh file that cannot be used: unreadable, empty, or degenerate."""
 
 
 @dataclass
@@ -221,10 +227,19 @@ def _as_rgb01(colors: np.ndarray) -> np.ndarray:
     return np.clip(colors[:, :3].astype(np.float64), 0.0, 1.0)
 
 
-def _image_to_array(image: Any, max_size: int) -> np.ndarray:
-    """A PIL image → ``[h, w, 3]`` float32 in [0, 1], downscaled so its longest side <= max_size."""
+def _image_to_array(image: Any, max_size: int, max_pixels: int | None = None) -> np.ndarray:
+    """A PIL image → ``[h, w, 3]`` float32 in [0, 1], downscaled so its longest side <= max_size.
+
+    ``max_pixels``: refuse (before decoding) an image with more pixels than this — the file
+    checks bound textures they can see; this bounds any the parser found another way."""
     from PIL import Image
 
+    if max_pixels is not None and image.size[0] * image.size[1] > max_pixels:
+        w, h = image.size
+        raise MeshLoadError(
+            f"a texture is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}; downscale "
+            f"it or raise {LIMIT_ENV['max_texture_pixels']}"
+        )
     image = image.convert("RGB")
     longest = max(image.size)
     if longest > max_size:
@@ -253,7 +268,7 @@ def _material_colour(material: Any) -> tuple[Any, np.ndarray | None]:
     return image, None if main is None else _as_rgb01(np.asarray(main)[None])[0]
 
 
-def _extract_part(geometry: Any, max_texture_size: int) -> _Part:
+def _extract_part(geometry: Any, max_texture_size: int, max_pixels: int | None = None) -> _Part:
     """Colours and UVs of one ``trimesh.Trimesh`` resolved into the colour model."""
     from trimesh.visual.color import ColorVisuals
     from trimesh.visual.texture import TextureVisuals
@@ -269,7 +284,7 @@ def _extract_part(geometry: Any, max_texture_size: int) -> _Part:
         source_image, factor = _material_colour(visual.material)
         uv = visual.uv
         if source_image is not None and uv is not None and len(uv) == len(vertices):
-            image = _image_to_array(source_image, max_texture_size)
+            image = _image_to_array(source_image, max_texture_size, max_pixels)
             if factor is not None:
                 image = image * factor.astype(np.float32)
             image_key = (id(source_image), None if factor is None else tuple(factor.tolist()))
@@ -386,8 +401,30 @@ def load_mesh(
     max_texture_size: int = 1024,
     *,
     quiet: bool = False,
+    limits: MeshLimits | None = None,
+    root: str | Path | None = None,
 ) -> MeshData:
     """Read a mesh file (OBJ/MTL/PNG, GLB/GLTF, PLY, STL, OFF) into ra3d's frame.
+
+    The file is untrusted (:mod:`ra3d.representations.components.mesh_files`). Before parsing:
+
+    * the file plus every file it references is at most ``limits.max_file_bytes`` (512 MiB),
+      checked with ``stat`` before anything is read;
+    * a GLB has magic ``glTF``, version 2, a declared length equal to the file's size and every
+      chunk inside the file; a glTF's buffer views lie inside their buffers;
+    * declared counts (glTF accessors, PLY/OFF headers, binary STL, OBJ ``v``/``f`` lines) are at
+      most ``limits.max_vertices`` / ``limits.max_faces`` (10 M each), and each texture's header
+      declares at most ``limits.max_texture_pixels`` pixels (8192²);
+    * OBJ ``mtllib``, MTL texture maps and glTF ``buffers[].uri`` / ``images[].uri`` are relative
+      paths inside ``root`` (the mesh's own folder): no absolute path, no ``..`` out of it, no
+      ``file://`` or other URL. glTF ``data:`` URIs (base64) are accepted: they are part of the
+      file, so its size limit bounds them. The parser reads referenced files only through a
+      :class:`~ra3d.representations.components.mesh_files.ConfinedResolver` on ``root``.
+
+    After parsing: at least one triangle, finite coordinates, face indices in range and the
+    vertex/face limits on the parsed mesh. The limits default to
+    :meth:`MeshLimits.from_env` (``RA3D_MESH_MAX_BYTES``, ``RA3D_MESH_MAX_VERTICES``,
+    ``RA3D_MESH_MAX_FACES``, ``RA3D_MESH_MAX_TEXTURE_PIXELS``).
 
     Args:
         path: the mesh file. OBJ files find their MTL and textures relative to themselves.
@@ -400,21 +437,20 @@ def load_mesh(
         max_texture_size: textures are downscaled (bilinear) so their longest side is at most
             this; renders are 64–512 px, so larger textures only cost memory.
         quiet: skip the INFO line about the loaded mesh (importers validate thousands).
+        limits: the bounds above; default from the environment.
+        root: the folder references must stay in; default the mesh's own folder (an asset
+            database may pass the asset's folder, which must contain the mesh).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        MeshLoadError: the file cannot be parsed, holds no triangles, or is degenerate.
+        MeshNotFoundError: ``path`` does not exist (also a ``FileNotFoundError``).
+        MeshLoadError: the file is unsafe, over a limit, cannot be parsed, holds no triangles or
+            is degenerate; the message names the problem. A :class:`~ra3d.errors.Ra3dError`, so
+            the CLI prints it as one ``ra3d: error:`` line.
     """
     import trimesh
 
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"mesh file {path} does not exist; check the path or the asset database"
-        )
-    if path.is_dir():
-        raise MeshLoadError(f"{path} is a directory, not a mesh file")
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES and path.is_file():
         raise MeshLoadError(
             f"{path}: unsupported mesh format {path.suffix!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}"
         )
@@ -423,18 +459,52 @@ def load_mesh(
         raise ValueError(f"radius must be positive, got {radius}")
     if max_texture_size < 1:
         raise ValueError(f"max_texture_size must be >= 1, got {max_texture_size}")
+    limits = limits or MeshLimits.from_env()
+    checked = check_mesh_file(path, limits, root)
+    resolver = ConfinedResolver(
+        checked.root, path.parent, path.name, limits.max_file_bytes - len(checked.data)
+    )
     try:
-        scene = trimesh.load(str(path), force="scene")
+        # From bytes with our resolver: trimesh never opens a path itself. process=False keeps
+        # NaN vertices and out-of-range faces for the checks below (processing drops them
+        # silently, which would turn a corrupt mesh into a quietly different one).
+        scene = trimesh.load(
+            io.BytesIO(checked.data), file_type=checked.suffix[1:], resolver=resolver,
+            force="scene", process=False,
+        )  # fmt: skip
         geometries = scene.dump(concatenate=False)
-    except Exception as exc:  # trimesh raises many exception types for broken files
+    except MeshLoadError:
+        raise
+    except IndexError as exc:  # trimesh indexes vertices with the file's face indices
         raise MeshLoadError(
-            f"could not read mesh file {path}: {type(exc).__name__}: {exc}"
+            f"{path} has face indices out of range ({str(exc).splitlines()[0][:200]})"
         ) from exc
+    except Exception as exc:  # trimesh raises many exception types for broken files
+        first = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        raise MeshLoadError(f"could not read mesh file {path}: {first}") from exc
     meshes = [g for g in geometries if isinstance(g, trimesh.Trimesh) and len(g.faces) > 0]
     if not meshes:
-        raise MeshLoadError(f"{path} contains no triangles (empty, points or lines only)")
+        raise MeshLoadError(
+            f"{path} contains no triangles (empty, points or lines only); a mesh needs at least "
+            "one face"
+        )
+    n_vertices = n_faces = 0
+    for g in meshes:
+        v, f = np.asarray(g.vertices), np.asarray(g.faces)
+        if not np.isfinite(v).all():
+            raise MeshLoadError(f"{path} has NaN or infinite vertex coordinates")
+        if f.size and (int(f.min()) < 0 or int(f.max()) >= len(v)):
+            raise MeshLoadError(
+                f"{path} has face indices out of range: they must lie in [0, {len(v)}), got "
+                f"[{int(f.min())}, {int(f.max())}]"
+            )
+        n_vertices += len(v)
+        n_faces += len(f)
+    check_totals(path, n_vertices, n_faces, limits)
     try:
-        parts = [_extract_part(g, max_texture_size) for g in meshes]
+        parts = [_extract_part(g, max_texture_size, limits.max_texture_pixels) for g in meshes]
+    except MeshLoadError:
+        raise
     except Exception as exc:
         raise MeshLoadError(
             f"could not read the materials of {path}: {type(exc).__name__}: {exc}"

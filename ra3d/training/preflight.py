@@ -38,6 +38,18 @@ def check_model(cfg: dict[str, Any]) -> None:
     inherits = _get(cfg, "model.init_from") is not None  # a later stage takes the earlier prompt
     check_prompt(_get(cfg, "model.prompt"), inherited=inherits)
     check_n_particles(_get(cfg, "model.n_particles", 1))
+    check_user_meshes(cfg)
+
+
+def check_user_meshes(cfg: dict[str, Any]) -> None:
+    """``model.retrieval.assets``: every user mesh passes the mesh loader's checks here, before
+    the prior is loaded (see :func:`ra3d.augmentation.assets.check_user_meshes`)."""
+    retrieval = _get(cfg, "model.retrieval")
+    if not isinstance(retrieval, dict) or retrieval.get("enabled", True) is False:
+        return
+    from ra3d.augmentation.assets import check_user_meshes as check
+
+    check(retrieval.get("assets"), {"assets": "model.retrieval.assets"})
 
 
 def check_trainer(cfg: dict[str, Any], subcommand: str) -> None:

@@ -378,25 +378,23 @@ def test_folder_import_skips_broken_meshes_and_copies_dependencies(tmp_path: Pat
     assert len(caught) == 1, "all skipped files must be reported in one warning"
     for name in ("broken.obj", "corrupt.glb", "missing.obj", "uncaptioned.obj"):
         assert name in message
-    assert result.imported == ["meshes-crate", "plain", "meshes-barrel"]
+    # A texture outside the mesh's own folder (../) is refused (issue 17: meshes are untrusted).
+    assert "barrel.obj" in message
+    assert "'../textures/barrel.png' leaves the mesh's folder" in message
+    assert result.imported == ["meshes-crate", "plain"]
     db = AssetDatabase.open(out)
-    assert db.uids == ["meshes-crate", "plain", "meshes-barrel"]
+    assert db.uids == ["meshes-crate", "plain"]
     crate = db.get("meshes-crate")
     assert crate.caption == "a red wooden crate" and crate.tags == ["box", "storage"]
     assert crate.license == "CC0-1.0" and db.get("plain").license == "CC-BY-4.0"
     assert db.get("plain").attribution == "me" and crate.source == "folder:src"
-    # MTL and textures travel with the OBJ, keeping their relative layout (also via ../).
+    # MTL and textures travel with the OBJ, keeping their relative layout.
     assert crate.mesh_path == "models/meshes-crate/crate.obj"
     crate_dir = db.root / "models" / "meshes-crate"
     assert sorted(p.relative_to(crate_dir).as_posix() for p in crate_dir.rglob("*.*")) == [
         "crate.mtl", "crate.obj", "tex/crate.png"
     ]  # fmt: skip
-    assert db.get("meshes-barrel").mesh_path == "models/meshes-barrel/meshes/barrel.obj"
-    barrel_dir = db.root / "models" / "meshes-barrel"
-    assert (barrel_dir / "textures" / "barrel.png").read_bytes() == (
-        src / "textures" / "barrel.png"
-    ).read_bytes()
-    assert (barrel_dir / "meshes" / "barrel.mtl").is_file()
+    assert not (db.root / "models" / "meshes-barrel").exists()
     # The imported mesh is the cube we wrote: same bounding box, texture colour found.
     mesh = load_mesh(db.mesh_path("meshes-crate"), up_axis="z", normalize=False)
     np.testing.assert_allclose(mesh.vertices.min(0).values.numpy(), [0, 0, 0], atol=1e-6)

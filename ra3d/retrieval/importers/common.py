@@ -83,10 +83,20 @@ def _check_mesh(validate: MeshValidator, path: Path) -> str | None:
     try:
         validate(path)
     except _broken_mesh_errors() as err:
-        # Name the file, not its temporary staging location.
-        text = f"{type(err).__name__}: {err}".replace(str(path), path.name)
-        return text.splitlines()[0][:200]
+        # The validator's own one-line message (it names the problem); other errors keep their
+        # type. Name the file, not its temporary staging location.
+        text = str(err) if _is_mesh_error(err) else f"{type(err).__name__}: {err}"
+        text = text.replace(str(path), path.name)
+        return (text.splitlines() or [type(err).__name__])[0][:300]
     return None
+
+
+def _is_mesh_error(err: BaseException) -> bool:
+    try:
+        from ra3d.representations.mesh import MeshLoadError
+    except ImportError:
+        return False
+    return isinstance(err, MeshLoadError)
 
 
 def _warn_skipped(skipped: Sequence[tuple[str, str]], what: str) -> None:
