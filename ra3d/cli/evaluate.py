@@ -7,9 +7,11 @@
 Each run's files go to ``<run>/eval/`` (see :mod:`ra3d.evaluation.report`); with several runs the
 overlaid plots and the side-by-side table go to ``--out``. The summary table is printed.
 
-Offline without CLIP weights the CLIP metrics cannot be computed: the command says so and still
-computes and writes the asset fidelity. A CLIP model name or weights file that does not exist is an
-error (exit 2), like a folder that is not a run or a checkpoint without particles.
+Offline without the default CLIP's weights the CLIP metrics cannot be computed: the command says
+so and still computes and writes the asset fidelity. A CLIP asked for with ``--clip-model`` or
+``--clip-pretrained`` that cannot be loaded — missing, not downloadable here, or a file open_clip
+cannot read — is an error (exit 2, one line), like a folder that is not a run or a checkpoint
+without particles.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMPARE_DIR = Path("eval_compare")
+#: The paper's CLIP (ra3d.retrieval.embed.DEFAULT_CLIP_MODEL / _PRETRAINED; spelled out so that
+#: ``--help`` does not import torch).
+DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED = "ViT-L-14", "openai"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,12 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="score renders as rendered (learned background) or composited on white",
     )  # fmt: skip
     p.add_argument(
-        "--clip-model", default="ViT-L-14",
-        help="open_clip model name, or local-dir:FOLDER (ViT-L-14 as the paper)",
+        "--clip-model", default=None,
+        help=f"open_clip model name, or local-dir:FOLDER ({DEFAULT_CLIP_MODEL} as the paper)",
     )  # fmt: skip
     p.add_argument(
-        "--clip-pretrained", default="openai",
-        help="open_clip pretrained tag or a local weights file (openai)",
+        "--clip-pretrained", default=None,
+        help=f"open_clip pretrained tag or a local weights file ({DEFAULT_CLIP_PRETRAINED})",
     )  # fmt: skip
     p.add_argument("--no-clip", action="store_true", help="skip the CLIP metrics")
     p.add_argument(
@@ -130,7 +135,12 @@ def _run(args: argparse.Namespace) -> int:
     if not args.no_clip:
         from ra3d.evaluation.clip import load_clip
 
-        embedder, why_not = load_clip(args.clip_model, args.clip_pretrained, args.device)
+        asked = args.clip_model is not None or args.clip_pretrained is not None
+        model = args.clip_model if args.clip_model is not None else DEFAULT_CLIP_MODEL
+        pretrained = args.clip_pretrained
+        if pretrained is None:
+            pretrained = DEFAULT_CLIP_PRETRAINED
+        embedder, why_not = load_clip(model, pretrained, args.device, required=asked)
     if embedder is None and not any(run.assets for run in runs):
         raise Ra3dError(
             f"nothing to evaluate: the CLIP metrics are unavailable ({why_not}) and no run has "

@@ -49,6 +49,11 @@ class EmbedderUnavailableError(OfflineModelError):
     """The embedder's weights cannot be loaded here (e.g. offline and not cached)."""
 
 
+class ClipLoadError(CheckpointError):
+    """CLIP weights that are on this machine but that open_clip cannot load (a damaged file, or
+    weights of another model): always an error, never a silent fallback."""
+
+
 class TextOnlyEmbedderError(Ra3dError, TypeError):
     """An image embedding was asked of an embedder that only has a text tower."""
 
@@ -398,6 +403,7 @@ class OpenCLIPEmbedder(Embedder):
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         pretrained = None if pretrained is None else str(pretrained)
+        asked = pretrained  # as given: a tag, a file, or None
         allow_download = (not _offline()) if allow_download is None else allow_download
         kwargs: dict = {}
         if model_name.startswith("local-dir:"):
@@ -463,8 +469,26 @@ class OpenCLIPEmbedder(Embedder):
                 **kwargs,
             )
         except Exception as e:  # open_clip raises RuntimeError / FileNotFoundError / HTTP errors
+            said = " ".join(str(e).split())  # one line: open_clip's messages span several
+            said = said if len(said) <= 300 else said[:297] + "..."
+            local = model_name.startswith("local-dir:") or (
+                pretrained is not None and Path(pretrained).is_file()
+            )
+            if local:
+                where = model_name[len("local-dir:") :] if pretrained is None else pretrained
+                again = "ra3d weights download --clip MODEL:TAG"
+                if model_name.startswith("local-dir:"):
+                    again = "a fresh copy of the folder"
+                elif asked is not None and not _looks_like_path(asked):
+                    again = f"`ra3d weights download --clip {model_name}:{asked}`"
+                raise ClipLoadError(
+                    f"open_clip cannot load the CLIP weights {where} as {model_name} "
+                    f"({type(e).__name__}: {said}). Fix: pass an open_clip checkpoint of that "
+                    "model (OpenAI's weights as a file need the model's -quickgelu variant, e.g. "
+                    f"ViT-L-14-quickgelu), or fetch them again: {again}"
+                ) from e
             raise EmbedderUnavailableError(
-                f"{self._fix_message(model_name, pretrained)} (open_clip said: {e})"
+                f"{self._fix_message(model_name, pretrained)} (open_clip said: {said})"
             ) from e
         self.model = model.eval()
         self.tokenizer = open_clip.get_tokenizer(model_name)
@@ -482,7 +506,9 @@ class OpenCLIPEmbedder(Embedder):
     def _fix_message(model_name: str, pretrained: str | None) -> str:
         return (
             f"cannot load CLIP weights {model_name}/{pretrained}: they are not cached locally and "
-            "cannot be downloaded here. Fix: pass a local checkpoint "
+            "cannot be downloaded here. Fix: on a machine with internet run `ra3d weights download "
+            f"--clip {model_name}:{pretrained}` and copy its Hugging Face cache here, pass a local "
+            "checkpoint "
             "(pretrained=/path/to/open_clip_model.safetensors, or --clip-pretrained PATH on the "
             "command line), or use the offline text embedder (--embedder minilm)."
         )
@@ -547,8 +573,11 @@ def make_embedder(
     """Build an embedder by name: ``"clip"``, ``"minilm"`` or ``"auto"``.
 
     ``auto`` picks CLIP (``clip_model``/``clip_pretrained``, the paper's ViT-L/14 by default) when
-    its weights are on this machine, otherwise the offline MiniLM text embedder, and logs which
-    and why.
+    its weights are on this machine, otherwise the offline MiniLM text embedder, with a warning
+    that names the fix (``ra3d weights download --clip``): MiniLM has no image tower, so the image
+    rerank and the frontal alignment of Sec. 4.4 are skipped. CLIP the user named — ``clip``, a
+    weights file, a ``local-dir:`` folder — that cannot be loaded raises instead (never a silent
+    fallback).
     """
     if name not in EMBEDDER_CHOICES:
         raise ConfigError(f"unknown embedder {name!r}; choose one of {EMBEDDER_CHOICES}")
@@ -558,9 +587,9 @@ def make_embedder(
         return OpenCLIPEmbedder(clip_model, clip_pretrained, device=device)
     local = None
     if clip_model.startswith("local-dir:"):
-        local = Path(clip_model[len("local-dir:") :]).expanduser()
-        local = local if (local / "open_clip_config.json").is_file() else None
-    elif clip_pretrained is not None:
+        # A folder the user named: used, or an error if it cannot be (never a silent fallback).
+        return OpenCLIPEmbedder(clip_model, clip_pretrained, device=device)
+    if clip_pretrained is not None:
         if _looks_like_path(clip_pretrained) and not Path(clip_pretrained).expanduser().is_file():
             raise CheckpointError(
                 f"CLIP checkpoint {clip_pretrained} not found; pass an existing file or drop "
@@ -575,11 +604,13 @@ def make_embedder(
             local,
         )
         return OpenCLIPEmbedder(clip_model, clip_pretrained, device=device)
-    logger.info(
+    logger.warning(
         "embedder auto: CLIP %s/%s weights are not on this machine; using the offline MiniLM text "
-        "embedder (caption search only, no image rerank or frontal alignment). Pass "
-        "--clip-pretrained /path/to/open_clip_model.safetensors for the paper's CLIP retrieval.",
-        clip_model,
-        clip_pretrained,
-    )
+        "embedder (caption search only: no image rerank, and no frontal alignment, so every "
+        "asset's front is taken at azimuth 0). For the paper's CLIP retrieval fetch them with "
+        "`ra3d weights download --clip %s:%s` (on a machine with internet, then copy its Hugging "
+        "Face cache here) or pass --clip-pretrained /path/to/open_clip_model.safetensors; "
+        "embedder: minilm uses MiniLM without this warning.",
+        clip_model, clip_pretrained, clip_model, clip_pretrained,
+    )  # fmt: skip
     return MiniLMTextEmbedder(device=device)
