@@ -420,8 +420,14 @@ def evaluate_run(
                     f"{result.view_scores.n_undefined} render(s) have a non-positive sum of "
                     "view-prompt cosines: their relative similarity is undefined (null)"
                 )
-        if assets:
-            a = run.assignment[i]
+        a_used = run.particle_assets[i] if assets else None
+        if assets and a_used is None:
+            result.notes.append(
+                f"particle {i}'s asset {run.assets[run.assignment[i]].uid} was skipped by the "
+                "relevance floor (it ran without the asset term): asset fidelity not computed"
+            )
+        if assets and a_used is not None:
+            a = a_used
             asset = assets[a]
             result.asset_index, result.asset_uid = a, run.assets[a].uid
             refs = _render_views(asset, cameras, int(settings.batch_size))

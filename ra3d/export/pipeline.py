@@ -192,11 +192,29 @@ def export_run(
         prompt=run.prompt,
         assets=run.assets,
         assignment=run.assignment,
+        used_assets=run.record.used_assets,
         stage=run.record.stage,
         checkpoint=str(run.checkpoint_path),
         options=options,
         particles=particles,
     )
+
+
+def credited_assets(
+    assets: Sequence[Any], assignment: Sequence[int], used: Sequence[bool] | None = None
+) -> tuple[list[Any], list[int | None]]:
+    """The assets to credit and each particle's index into them (None: the particle used none).
+
+    An asset the relevance floor skipped (``used[k]`` False) guided neither a particle (no asset
+    term, no delta distillation) nor the view adapter, so it is left out and the others are
+    numbered in their original order.
+    """
+    flags = list(used) if used is not None else [True] * len(assets)
+    if len(flags) != len(assets):
+        raise ValueError(f"{len(flags)} used-asset flag(s) for {len(assets)} asset(s)")
+    kept = [k for k, flag in enumerate(flags) if flag]
+    renumber = {old: new for new, old in enumerate(kept)}
+    return [assets[k] for k in kept], [renumber.get(int(a)) for a in assignment]
 
 
 def export_particles(
@@ -209,6 +227,7 @@ def export_particles(
     checkpoint: str = "",
     options: ExportOptions | None = None,
     particles: Sequence[int] | None = None,
+    used_assets: Sequence[bool] | None = None,
 ) -> list[Path]:
     """Export particles θ⁽ⁱ⁾ as ``particle<i>.*`` into ``out_dir``, with one ``index.html`` and
     ``ATTRIBUTION.md`` for all of them; returns every written file.
@@ -216,13 +235,15 @@ def export_particles(
     For callers that hold live particles rather than a checkpoint (the fine stage at its end).
     ``assets`` are :class:`~ra3d.retrieval.base.RetrievedAsset` s and ``assignment`` the asset
     index of each particle (Eq. 10's π); both go into the credits and the GLBs' extras.
+    ``used_assets`` (one flag per asset; default: all) says which assets the run used: one that
+    the relevance floor skipped guided nothing and is not credited (see
+    :func:`credited_assets`).
     """
     options = options or ExportOptions()
     options.validate()
     indices = _particle_indices(len(representations), particles)
     out = ensure_writable(Path(out_dir))
-    assets = list(assets)
-    assignment = list(assignment)
+    assets, particle_index = credited_assets(assets, assignment, used_assets)
     base = {
         "prompt": prompt,
         "ra3d_version": __version__,
@@ -237,7 +258,7 @@ def export_particles(
     glbs, gifs, particle_assets = [], [], {}
     for i in indices:
         name = f"particle{i}"
-        asset_index = assignment[i] if i < len(assignment) else None
+        asset_index = particle_index[i] if i < len(particle_index) else None
         particle_assets[name] = asset_index
         provenance = {**base, "particle": i, "asset_index": asset_index}
         files = export_representation(representations[i], out, name, options, provenance)

@@ -90,6 +90,24 @@ class RunRecord:
             return []
         return [int(i) for i in self.retrieval.get("assignment", [])]
 
+    @property
+    def used_assets(self) -> list[bool]:
+        """Per recorded asset: whether the run used it (it passed the relevance floor of
+        :mod:`ra3d.augmentation.relevance`). A record from before the floor used every asset."""
+        decisions = ((self.retrieval or {}).get("relevance") or {}).get("decisions") or []
+        n = len(self.assets)
+        if len(decisions) != n:
+            return [True] * n
+        return [bool(d.get("used", True)) if isinstance(d, dict) else True for d in decisions]
+
+    @property
+    def particle_assets(self) -> list[int | None]:
+        """π restricted to the used assets: the asset index of each particle, None for a particle
+        whose asset was skipped (it ran without the asset term and delta distillation). Export
+        credits and evaluation's asset fidelity follow this, not the raw assignment."""
+        used = self.used_assets
+        return [a if 0 <= a < len(used) and used[a] else None for a in self.assignment]
+
 
 def describe_factory(factory: Any) -> dict[str, Any] | None:
     """``{"class_path", "init_args"}`` of a particle factory, or None if it cannot be described.
@@ -250,6 +268,10 @@ class LoadedRun:
     @property
     def assignment(self) -> list[int]:
         return self.record.assignment
+
+    @property
+    def particle_assets(self) -> list[int | None]:
+        return self.record.particle_assets
 
     def asset_meshes(self, **kwargs: Any) -> list[Representation]:
         """One :class:`~ra3d.representations.mesh.MeshAsset` per retrieved asset, normalised and

@@ -435,6 +435,9 @@ class Ra3dSystem(pl.LightningModule):
                 prompt=self.prompt,
                 assets=aug.assets if aug is not None else (),
                 assignment=aug.assignment if aug is not None else (),
+                used_assets=[aug.asset_used(k) for k in range(len(aug.assets))]
+                if aug is not None
+                else None,
                 stage=self.stage,
                 checkpoint=str(self.run_dir / "checkpoints" / "last.ckpt"),
                 options=self.export_at_end,
