@@ -68,6 +68,9 @@ class RetrievalConfig:
         on_weak_match: what a weak match does: ``skip`` (default: the asset is not used; its
             particles run without the asset term and delta distillation), ``stop`` (an error
             naming the scores) or ``use`` (used anyway).
+        licenses: accept only database assets under these licences (SPDX ids such as
+            ``CC0-1.0``, ``CC-BY-4.0``; a family such as ``CC-BY`` accepts every version), applied
+            before any mesh is fetched, as ``ra3d retrieve --licenses``; None = every licence.
     """
 
     enabled: bool = True
@@ -90,6 +93,7 @@ class RetrievalConfig:
     clip_pretrained: str | None = None
     min_score: float | None = None
     on_weak_match: str = field(default="skip", metadata={"choices": WEAK_MATCH_CHOICES})
+    licenses: list[str] | None = field(default=None, metadata={"metavar": "SPDX"})
 
     def validate(self, n_particles: int, names: Mapping[str, str] | None = None) -> None:
         """Clear errors for settings that cannot work. ``names`` maps a field to what the user
@@ -111,6 +115,13 @@ class RetrievalConfig:
             raise ConfigError(f"{name('preview_size')} must be >= 16, got {self.preview_size}")
         check_min_score(self.min_score, name("min_score"))
         check_on_weak_match(self.on_weak_match, name("on_weak_match"))
+        if self.licenses is not None:
+            from ra3d.retrieval.licenses import LicenseFilter
+
+            try:
+                LicenseFilter.parse(self.licenses)
+            except ConfigError as err:
+                raise ConfigError(f"{name('licenses')}: {err}") from None
         _check_user_lists(self, name)
 
     def n_wanted(self, n_particles: int) -> int:
@@ -258,7 +269,7 @@ def retrieve_assets(
         kwargs["clip_pretrained"] = config.clip_pretrained
     retriever = TwoStageRetriever(
         database=config.database, embedder=config.embedder, n_candidates=config.n_candidates,
-        align=config.align, **kwargs,
+        align=config.align, licenses=config.licenses, **kwargs,
     )  # fmt: skip
     query = config.prompt or prompt
     k = config.n_wanted(n_particles)
