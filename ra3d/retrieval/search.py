@@ -568,11 +568,19 @@ class TwoStageRetriever(Retriever):
     def _check_fetched_mesh(path: Path | None) -> str | None:
         """Why a fetched mesh is unusable (it fails the mesh validator), else None. The image
         stage loads every candidate anyway; text-only retrieval validates fetched meshes here
-        (meshes stored in the database were validated on import)."""
+        (meshes stored in the database were validated on import).
+
+        A plain GLB (Objaverse's format) is checked without a mesh parser
+        (:func:`~ra3d.representations.components.gltf_geometry.check_glb_geometry`: the same
+        file-level checks, finite coordinates, triangles, indices in range), which keeps trimesh
+        out of a text-only ``ra3d retrieve``; its textures are checked by their headers here and
+        decoded when the asset is loaded. Anything else goes through ``load_mesh``."""
+        from ra3d.representations.components.gltf_geometry import check_glb_geometry
         from ra3d.retrieval.importers.common import _default_validate
 
         try:
-            _default_validate(Path(str(path)))
+            if not check_glb_geometry(Path(str(path))):
+                _default_validate(Path(str(path)))
         except (Ra3dError, ValueError, OSError, EOFError) as err:
             return f"its mesh is invalid ({type(err).__name__}: {err})".splitlines()[0][:240]
         return None
