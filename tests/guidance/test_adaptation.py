@@ -234,7 +234,7 @@ def test_vsd_with_omega(tiny_prior_path: Path, tmp_path: Path) -> None:
         e_u = view_unet(z_t, t, encoder_hidden_states=uncond).sample
         base_c = _manual(prior.unet, [VSD_ADAPTER])(z_t, t, encoder_hidden_states=cond).sample
         got_prior = g.prior_noise(z_t, t, cond, uncond)
-        got_score0 = g.score_model_noise(z_t, t, cond, uncond, camera)
+        got_score0 = g.score_model_noise(z_t, t, cond, camera)
     assert not torch.allclose(e_c, base_c, atol=1e-3)  # ω really changes the prediction
     torch.testing.assert_close(got_prior, e_u + 7.5 * (e_c - e_u), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got_score0, e_c, rtol=1e-5, atol=1e-5)  # ζ = 0: adapted prior
@@ -257,7 +257,7 @@ def test_vsd_with_omega(tiny_prior_path: Path, tmp_path: Path) -> None:
 
     # the score model with a trained ζ is base + ω + ζ with the camera on the class-label path
     with torch.no_grad():
-        got_score = g.score_model_noise(z_t, t, cond, uncond, camera)
+        got_score = g.score_model_noise(z_t, t, cond, camera)
         manual = _manual(prior.unet, [VIEW_ADAPTER, VSD_ADAPTER], g.camera_embedding)
         expected = manual(z_t, t, encoder_hidden_states=cond, class_labels=camera).sample
     torch.testing.assert_close(got_score, expected, rtol=1e-4, atol=1e-5)
