@@ -114,9 +114,114 @@ def _reachable_stages(cfg: dict[str, Any]) -> int:
     return 1 + sum(1 for m in milestones if m < max_steps)
 
 
+#: Parameters of SD 2.1-base (UNet 865 910 724 + VAE 83 653 863 + text encoder 340 387 840), the
+#: size of every prior a shipped full-size config names (hub id, its copies, ra3d/sd21-base-random).
+SD21_PARAMETERS = 1_289_952_427
+#: SD's KL-f8 VAE (``block_out_channels``, ``layers_per_block``) and native resolution.
+SD21_VAE = ((128, 256, 512, 512), 2)
+SD21_IMAGE_SIZE = 512
+#: The offline demo's tiny prior: its weights and activations are a few MB, not counted.
+TINY_PRIOR = "ra3d/tiny-sd"
+
+
+def vae_encoder_saved_floats(
+    side: int, channels: tuple[int, ...], layers_per_block: int, latent_channels: int = 4
+) -> int:
+    """Floats the VAE encoder keeps for backward when a ``side²`` render is encoded with
+    gradient (SDS/VSD back-propagate ∂z/∂x into the 3D parameters).
+
+    Counted per tensor the autograd graph saves, at each level ``l`` (``c_l`` channels, side
+    ``s = side / 2^l``): a ResnetBlock2D keeps its input (GroupNorm's, also the 1×1 shortcut's),
+    the first GroupNorm's output (SiLU's input) and the SiLU's output (the first 3×3
+    convolution's input), all of the input width; then the convolution's output, the second
+    GroupNorm's output and SiLU's output, of the output width: ``3 c_in + 3 c`` per block. Every
+    level but the last ends in a strided convolution that keeps its padded input, ``c (s + 1)²``.
+    The mid block is two more ResnetBlocks and a single-head self-attention (GroupNorm output,
+    q, k, v and the attention output: ``5 c``); the head keeps GroupNorm input and output and the
+    SiLU output (``3 c``), the moments and the quantisation convolution's tensors
+    (``5 × latent_channels``); ``conv_in`` keeps the RGB input. SD 2.1-base at 512 px: 794 M
+    floats, 3.0 GiB in float32; autograd's saved-tensor hooks on the real module count the same
+    (tests/training/test_preflight_prior.py).
+    """
+    total = 3 * side * side  # conv_in's input
+    c_prev = channels[0]  # conv_in's output, the first ResnetBlock's input
+    s = side
+    for level, c in enumerate(channels):
+        for _ in range(layers_per_block):
+            total += 3 * (c_prev + c) * s * s
+            c_prev = c
+        if level < len(channels) - 1:
+            total += c * (s + 1) * (s + 1)
+            s //= 2
+    c = channels[-1]
+    total += (2 * 6 * c + 5 * c + 3 * c + 5 * latent_channels) * s * s
+    return total
+
+
+def _prior_source(cfg: dict[str, Any]) -> str | None:
+    guidance = _get(cfg, "model.guidance", {}) or {}
+    args = (guidance.get("init_args") if isinstance(guidance, dict) else None) or {}
+    prior = args.get("prior", "default") if guidance else None
+    return None if prior is None else str(prior)
+
+
+def _folder_parameters(folder: Path) -> int | None:
+    """Parameters in a diffusers folder's weight files, read from the safetensors headers only."""
+    import json
+    import struct
+
+    total = 0
+    for sub in ("unet", "vae", "text_encoder"):
+        files = sorted((folder / sub).glob("*.safetensors")) if (folder / sub).is_dir() else []
+        if not files:
+            return None
+        for file in files:
+            with open(file, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            for key, entry in header.items():
+                if key != "__metadata__":
+                    count = 1
+                    for dim in entry["shape"]:
+                        count *= int(dim)
+                    total += count
+    return total
+
+
+def estimate_prior_bytes(cfg: dict[str, Any], n_renders: int) -> tuple[int, str]:
+    """``(bytes, how)``: the prior's weights plus what encoding ``n_renders`` renders keeps for
+    backward (:func:`vae_encoder_saved_floats` at the prior's resolution). Weights are float32
+    unless ``half_precision_weights`` is set and a GPU is asked for; a local folder's parameters
+    are read from its files, any other prior is taken to be SD 2.1-base-sized. Not counted: the
+    VSD score model's LoRA backward through the UNet at 64² latents, the no-grad UNet passes'
+    transient activations, and the framework (~1–2 GB of a CPU process)."""
+    source = _prior_source(cfg)
+    if source is None or source == TINY_PRIOR:
+        return 0, ""
+    params = None
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        params = _folder_parameters(folder)
+    params = params or SD21_PARAMETERS
+    args = _get(cfg, "model.guidance.init_args", {}) or {}
+    accelerator = str(_get(cfg, "trainer.accelerator", "auto"))
+    half = bool(args.get("half_precision_weights", False)) and accelerator != "cpu"
+    if half:
+        import torch
+
+        half = torch.cuda.is_available()
+    width = 2 if half else 4
+    channels, layers = SD21_VAE
+    activations = n_renders * vae_encoder_saved_floats(SD21_IMAGE_SIZE, channels, layers) * 4
+    how = (f"prior {params / 1e9:.2f} B parameters × {width} bytes + VAE encoder backward "
+           f"{n_renders} × {SD21_IMAGE_SIZE}² px")  # fmt: skip
+    return params * width + activations, how
+
+
 def estimate_train_bytes(cfg: dict[str, Any]) -> tuple[int, int, str]:
-    """``(lower, upper, how)``: bounds of the activation memory of one training step, over the
-    resolution stages the run reaches.
+    """``(lower, upper, how)``: bounds of the memory of one training step, over the resolution
+    stages the run reaches: the prior (:func:`estimate_prior_bytes`) plus the renders'
+    activations.
 
     Every particle renders ``batch × H × W`` rays, each keeping :data:`PER_RAY_FLOATS` floats
     whatever the representation (the lower bound). The NeRF also keeps, per sample of
@@ -141,18 +246,22 @@ def estimate_train_bytes(cfg: dict[str, Any]) -> tuple[int, int, str]:
     widths = _as_list(_get(cfg, "data.width", 64))
     batches = _as_list(_get(cfg, "data.batch_size", 1))
     stages = min(max(len(heights), len(widths), len(batches)), _reachable_stages(cfg))
-    worst = 0
+    worst = renders = 0
     for i in range(stages):
         h = int(heights[min(i, len(heights) - 1)])
         w = int(widths[min(i, len(widths) - 1)])
         b = int(batches[min(i, len(batches) - 1)])
         worst = max(worst, particles * b * h * w)
+        renders = max(renders, particles * b)
+    prior, prior_how = estimate_prior_bytes(cfg, renders)
+    prior_how = f" + {prior_how}" if prior_how else ""
     if not is_nerf:
-        return worst * per_ray, worst * per_ray, f"{worst} rays × ~{per_ray} bytes"
-    all_samples = worst * (per_ray + samples * per_sample)
-    how = f"{worst} rays × {samples} samples × ~{per_sample} bytes"
+        rays = worst * per_ray + prior
+        return rays, rays, f"{worst} rays × ~{per_ray} bytes{prior_how}"
+    all_samples = worst * (per_ray + samples * per_sample) + prior
+    how = f"{worst} rays × {samples} samples × ~{per_sample} bytes{prior_how}"
     occupancy = rep.get("use_occupancy_grid", True) is not False
-    return (worst * per_ray if occupancy else all_samples), all_samples, how
+    return (worst * per_ray + prior if occupancy else all_samples), all_samples, how
 
 
 def _available_bytes(cfg: dict[str, Any]) -> tuple[int, str]:
