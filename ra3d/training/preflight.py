@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ra3d.errors import CheckpointError, ConfigError, ModelNotFoundError
+from ra3d.errors import CheckpointError, ConfigError, ModelNotFoundError, Ra3dError
 from ra3d.training.checks import check_n_particles, check_prompt, check_same_prompt
 
 logger = logging.getLogger(__name__)
@@ -159,10 +159,17 @@ def vae_encoder_saved_floats(
 
 
 def _prior_source(cfg: dict[str, Any]) -> str | None:
+    """The prior a config's guidance loads: its ``prior`` argument; ra3d's own guidance classes
+    default to SD 2.1-base; another class (a user's or a test's) without a ``prior`` argument is
+    not assumed to load one."""
     guidance = _get(cfg, "model.guidance", {}) or {}
-    args = (guidance.get("init_args") if isinstance(guidance, dict) else None) or {}
-    prior = args.get("prior", "default") if guidance else None
-    return None if prior is None else str(prior)
+    if not isinstance(guidance, dict) or not guidance:
+        return None
+    args = guidance.get("init_args") or {}
+    if "prior" in args:
+        return None if args["prior"] is None else str(args["prior"])
+    ours = str(guidance.get("class_path", "ra3d.guidance")).startswith("ra3d.guidance")
+    return "default" if ours else None
 
 
 def _folder_parameters(folder: Path) -> int | None:
@@ -367,6 +374,34 @@ def read_checked_checkpoint(path: str, records: dict[str, Any] | None = None) ->
     return record
 
 
+def check_recorded_meshes(
+    cfg: dict[str, Any], subcommand: str, records: dict[str, Any] | None = None
+) -> None:
+    """The asset meshes a resumed (``--ckpt_path``) or later-stage (``--init_from``) fit takes
+    from its checkpoint's record pass the mesh loader's checks now, before the prior loads: a
+    file replaced since the run started (issue 17: every mesh is untrusted, also on a resume)
+    is one ``ra3d: error`` naming it."""
+    if subcommand != "fit":
+        return
+    from ra3d.augmentation.assets import check_recorded_assets, check_user_meshes
+    from ra3d.training.checkpoint import resolve_checkpoint_path
+
+    for key in ("ckpt_path", "model.init_from"):
+        value = _get(cfg, key)
+        if value is None:
+            continue
+        try:
+            path = str(resolve_checkpoint_path(str(value)))
+        except (OSError, ValueError, Ra3dError):
+            continue  # the checks that own this path report it
+        record = read_checked_checkpoint(path, records)
+        if not record.retrieval or not record.retrieval.get("assets"):
+            continue
+        assets = check_recorded_assets(record.retrieval)  # missing files: one error
+        where = f"the assets recorded in {Path(path).name} ({key})"
+        check_user_meshes([str(a.mesh_path) for a in assets], {"assets": where})
+
+
 def check_config(
     cfg: dict[str, Any], subcommand: str, records: dict[str, Any] | None = None
 ) -> None:
@@ -376,3 +411,4 @@ def check_config(
     check_retrieval(cfg, subcommand)
     check_resources(cfg, subcommand)
     check_checkpoint(cfg, subcommand, records)
+    check_recorded_meshes(cfg, subcommand, records)

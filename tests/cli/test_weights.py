@@ -196,6 +196,11 @@ def test_fit_with_a_missing_prior_stops_with_one_line(
     """As a user sees it: ``ra3d fit`` names the case and the fix before any training."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RA3D_CACHE_DIR", str(tmp_path / "ra3d-cache"))
+    # The memory preflight counts an SD 2.1-sized prior (≈ 10 GiB here); on a busy machine it
+    # would stop first. This test is about the prior's error, so memory is taken to be ample.
+    import ra3d.training.preflight as preflight
+
+    monkeypatch.setattr(preflight, "_available_bytes", lambda cfg: (2**40, "available RAM"))
     config = str(REPO_ROOT / "configs" / "demo.yaml")
     code = main(["fit", "--config", config, "--model.guidance.init_args.prior",
                  "stabilityai/stable-diffusion-2-1-base"])  # fmt: skip
