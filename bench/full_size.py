@@ -8,10 +8,15 @@ at the end) unchanged but for the prior (``--prior``, default ``ra3d/sd21-base-r
 architectures with random weights, built locally), the step counts, the retrieval embedder
 (``minilm``: CLIP weights cannot be had offline; retrieval is not what is timed), the NeRF → DMTet
 level (``auto``: a NeRF of a few steps has no density above threestudio's 25) and a shortened
-adaptation (``--adapt-steps``; the full 500 steps of Eq. 12 are timed by bench/adaptation.py). The
-coarse stage runs ``--steps`` steps at 64 px, then ``--steps`` at 512 px (its resolution
-milestone moved to ``--steps``). Validation is off. Each stage runs in its own process, so the
-peak memory of one does not hide another's.
+adaptation (``--adapt-steps``, default 0 = off: at 512 px on a CPU its renders and VAE encodings
+alone take minutes; the full 500 steps of Eq. 12 are timed by bench/adaptation.py). The coarse
+stage's two phases run as two processes: ``--steps`` steps at 64 px (whose checkpoint the
+geometry stage starts from), then ``--steps`` at 512 px alone (``data.height: [512]``), so that a
+512 px phase that cannot fit does not stop the rest of the chain. Validation is off. Each stage
+runs in its own process, so the peak memory of one does not hide another's, under a watchdog
+(``--max-rss-gib``, default 85 % of RAM) that kills a process whose resident memory (with its
+children) passes the limit and records the RSS it reached: a phase that does not fit is reported
+as killed, never left to take the machine down.
 
 Reports per phase (coarse 64 px, coarse 512 px, geometry, texture): the median seconds per step
 (after the first step of the phase, which pays for lazy initialisation), the peak resident memory
@@ -33,12 +38,14 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+import psutil
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("coarse", "geometry", "texture")
+STAGES = ("coarse", "coarse512", "geometry", "texture")
 CONFIGS = {
     "coarse": REPO / "configs" / "coarse_nerf.yaml",
+    "coarse512": REPO / "configs" / "coarse_nerf.yaml",
     "geometry": REPO / "configs" / "fine_dmtet.yaml",
     "texture": REPO / "configs" / "fine_texture.yaml",
 }
@@ -89,14 +96,20 @@ def _stage_argv(
             "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.save_dir", str(out),
             "--trainer.logger.init_args.version", "bench"]  # fmt: skip
-    if stage == "coarse":
-        coarse_steps = steps if args.no_coarse_512 else 2 * steps
-        argv += ["--prompt", args.prompt, "--trainer.max_steps", str(coarse_steps),
-                 "--data.resolution_milestones", f"[{steps}]",
-                 "--model.retrieval.embedder", "minilm",
-                 "--model.adaptation.steps", str(args.adapt_steps),
-                 "--model.adaptation.n_views", str(args.adapt_views)]  # fmt: skip
-    else:
+    if stage in ("coarse", "coarse512", "texture"):  # the texture stage reuses the coarse ω
+        if stage != "texture":
+            argv += ["--prompt", args.prompt, "--trainer.max_steps", str(steps),
+                     "--model.retrieval.embedder", "minilm"]  # fmt: skip
+        if args.adapt_steps > 0:
+            argv += ["--model.adaptation.steps", str(args.adapt_steps),
+                     "--model.adaptation.n_views", str(args.adapt_views)]  # fmt: skip
+        else:
+            argv += ["--model.adaptation.enabled", "false"]
+        if stage == "coarse512":  # the 512 px phase alone
+            argv += ["--data.height", "[512]", "--data.width", "[512]",
+                     "--data.batch_size", "[1]", "--data.resolution_milestones", "[]",
+                     "--trainer.logger.init_args.name", "coarse_nerf_512"]  # fmt: skip
+    if stage in ("geometry", "texture"):
         argv += ["--trainer.max_steps", str(steps), "--init_from", str(previous)]
     if stage == "geometry":  # a NeRF of a few steps has no density above threestudio's 25
         argv += ["--model.init_options.threshold", "auto"]
@@ -133,11 +146,37 @@ def _phase_rows(stage: str, steps: list[dict]) -> list[dict]:
         phase = [s for s in steps if s["size"] == size]
         timed = [s["seconds"] for s in phase[1:]] or [phase[0]["seconds"]]
         peaks = [s["cuda_peak"] for s in phase if s["cuda_peak"] is not None]
-        name = f"{stage} {size} px" if stage == "coarse" else stage
+        name = f"coarse {size} px" if stage.startswith("coarse") else stage
         rows.append({"phase": name, "steps": len(phase), "s_per_step": statistics.median(timed),
                      "first_step_s": phase[0]["seconds"],
                      "cuda_peak_gib": max(peaks) / 2**30 if peaks else None})  # fmt: skip
     return rows
+
+
+def run_watched(cmd: list[str], limit: int) -> tuple[int, int, bool]:
+    """Run ``cmd``, polling the resident memory of it and its children every 0.2 s; kill it (by
+    its pid, and its children) when the sum passes ``limit`` bytes. Returns (exit code, the
+    largest RSS seen, whether it was killed)."""
+    child = subprocess.Popen(cmd, cwd=REPO)
+    proc = psutil.Process(child.pid)
+    peak, killed = 0, False
+    while child.poll() is None:
+        try:
+            family = [proc, *proc.children(recursive=True)]
+            rss = sum(p.memory_info().rss for p in family)
+        except psutil.Error:
+            rss = 0
+        peak = max(peak, rss)
+        if rss > limit:
+            killed = True
+            for p in reversed(family):
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+            break
+        time.sleep(0.2)
+    return child.wait(), peak, killed
 
 
 def main() -> int:
@@ -146,13 +185,18 @@ def main() -> int:
     parser.add_argument("--prior", default="ra3d/sd21-base-random")
     parser.add_argument("--prompt", default="a teddy bear")
     parser.add_argument("--steps", type=int, default=2, help="steps per phase (2)")
-    parser.add_argument("--adapt-steps", type=int, default=2)
-    parser.add_argument("--adapt-views", type=int, default=10)
+    parser.add_argument("--adapt-steps", type=int, default=0, help="Eq. 12 steps (0: off)")
+    parser.add_argument("--adapt-views", type=int, default=4)
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument(
         "--no-coarse-512", action="store_true",
         help="coarse stage at 64 px only (its 512 px phase needs far more than a 24 GiB CPU has)",
     )  # fmt: skip
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated subset of {','.join(STAGES)} (a later stage needs "
+                        "the earlier ones)")  # fmt: skip
+    parser.add_argument("--max-rss-gib", type=float, default=None,
+                        help="kill a stage whose RSS passes this (default: 85%% of RAM)")  # fmt: skip
     parser.add_argument("--out", default=None, help="run folders (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--run-stage", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -162,31 +206,49 @@ def main() -> int:
         return run_stage(argv, timer, estimate)
 
     out = Path(args.out or tempfile.mkdtemp(prefix="ra3d-full-size-"))
+    limit = int((args.max_rss_gib or 0.85 * psutil.virtual_memory().total / 2**30) * 2**30)
     rows, previous = [], None
     names = {"coarse": "coarse_nerf", "geometry": "fine_dmtet", "texture": "fine_texture"}
     for stage in STAGES:
+        if stage == "coarse512" and args.no_coarse_512 or stage not in args.stages.split(","):
+            continue
         timer, estimate = str(out / f"{stage}.steps.json"), str(out / f"{stage}.estimate.json")
         argv = _stage_argv(args, stage, out, previous)
         cmd = [sys.executable, __file__, "--run-stage", timer, estimate, *argv]
         print(f"== {stage}: ra3d {' '.join(argv)}", flush=True)
-        done = subprocess.run(cmd, cwd=REPO)
-        if done.returncode != 0:
-            print(f"{stage} stage failed (exit {done.returncode})", file=sys.stderr)
-            return done.returncode
+        code, watched_peak, killed = run_watched(cmd, limit)
+        estimate_row = json.loads(Path(estimate).read_text()) if Path(estimate).is_file() else None
+        lower, upper, how = estimate_row or (0, 0, "")
+        if killed or code != 0:
+            why = (f"killed by the watchdog at {watched_peak / 2**30:.1f} GiB RSS (limit "
+                   f"{limit / 2**30:.1f} GiB)" if killed else f"exit {code}")  # fmt: skip
+            print(f"{stage} stage failed: {why}", file=sys.stderr, flush=True)
+            rows.append({"phase": "coarse 512 px" if stage == "coarse512" else stage,
+                         "failed": why, "peak_rss_gib": watched_peak / 2**30,
+                         "preflight_lower_gib": lower / 2**30,
+                         "preflight_upper_gib": upper / 2**30, "preflight_how": how})  # fmt: skip
+            if stage == "coarse512":
+                continue  # the chain goes on from the 64 px checkpoint
+            break
         proc = json.loads(Path(timer + ".proc").read_text())
-        lower, upper, how = json.loads(Path(estimate).read_text())
         for row in _phase_rows(stage, json.loads(Path(timer).read_text())):
-            row.update(stage_wall_s=proc["wall"], peak_rss_gib=proc["peak_rss"] / 2**30,
+            row.update(stage_wall_s=proc["wall"],
+                       peak_rss_gib=max(proc["peak_rss"], watched_peak) / 2**30,
                        preflight_lower_gib=lower / 2**30, preflight_upper_gib=upper / 2**30,
                        preflight_how=how)  # fmt: skip
             rows.append(row)
-        previous = out / names[stage] / "bench" / "checkpoints" / "last.ckpt"
+        if stage in names:
+            previous = out / names[stage] / "bench" / "checkpoints" / "last.ckpt"
     device = torch.cuda.get_device_name() if args.accelerator != "cpu" else "CPU"
     print(f"\nprior {args.prior}, {device}, {args.steps} step(s) per phase, runs in {out}\n")
     print("| phase | s/step (median) | first step (s) | peak RSS of the stage (GiB) | "
           "peak CUDA (GiB) | preflight estimate (GiB) | stage wall (s) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for r in rows:
+        if "failed" in r:
+            print(f"| {r['phase']} | {r['failed']} | – | {r['peak_rss_gib']:.1f} | – | "
+                  f"{r['preflight_lower_gib']:.2f}–{r['preflight_upper_gib']:.2f} | – |")  # fmt: skip
+            continue
         cuda = "–" if r["cuda_peak_gib"] is None else f"{r['cuda_peak_gib']:.1f}"
         print(f"| {r['phase']} | {r['s_per_step']:.2f} | {r['first_step_s']:.2f} | "
               f"{r['peak_rss_gib']:.1f} | {cuda} | {r['preflight_lower_gib']:.2f}–"
