@@ -101,6 +101,8 @@ def probe(system, cameras, samples: int) -> dict:  # noqa: ANN001 - a Ra3dSystem
     image_inputs = {"guided_image": rgb, "opacity": outputs[0].opacity}
     if outputs[0].normal is not None and system.guide_on != "normal":
         image_inputs["normal"] = outputs[0].normal
+    # The texture phase freezes the geometry: its opacity and normals carry no gradient.
+    image_inputs = {k: v for k, v in image_inputs.items() if v.requires_grad}
 
     def grads(term: torch.Tensor) -> dict:
         inputs = list(image_inputs.values()) + [p for _, p in named]
