@@ -206,6 +206,7 @@ def main() -> int:
         return run_stage(argv, timer, estimate)
 
     out = Path(args.out or tempfile.mkdtemp(prefix="ra3d-full-size-"))
+    out.mkdir(parents=True, exist_ok=True)
     limit = int((args.max_rss_gib or 0.85 * psutil.virtual_memory().total / 2**30) * 2**30)
     rows, previous = [], None
     names = {"coarse": "coarse_nerf", "geometry": "fine_dmtet", "texture": "fine_texture"}

@@ -224,6 +224,7 @@ def main() -> int:
         path, samples, *argv = args.run_stage
         return _run_stage(path, int(samples), argv)
     out = Path(args.out or tempfile.mkdtemp(prefix="ra3d-lambda-"))
+    out.mkdir(parents=True, exist_ok=True)
     results, previous = {}, None
     for stage in args.stages.split(","):
         path = out / f"{stage}.probe.json"
