@@ -402,6 +402,22 @@ def check_recorded_meshes(
         check_user_meshes([str(a.mesh_path) for a in assets], {"assets": where})
 
 
+def check_prior_available(cfg: dict[str, Any]) -> None:
+    """A prior that cannot load here — a hub id offline with no cached copy, an incomplete local
+    folder — is reported before the memory estimate, which would otherwise ask for memory for a
+    model that is not on the machine. Online nothing is fetched here (the load fetches and
+    reports hub failures); ra3d's built-in priors (``ra3d/...``) are built on first use."""
+    source = _prior_source(cfg)
+    if source is None or source.startswith("ra3d/"):
+        return
+    from ra3d.guidance.prior import DEFAULT_MODEL, hub_offline, resolve_model_path
+
+    name = DEFAULT_MODEL if source == "default" else source
+    local_only = (_get(cfg, "model.guidance.init_args", {}) or {}).get("local_files_only")
+    if Path(name).expanduser().is_dir() or hub_offline(local_only):
+        resolve_model_path(name, local_only)
+
+
 def check_config(
     cfg: dict[str, Any], subcommand: str, records: dict[str, Any] | None = None
 ) -> None:
@@ -409,6 +425,8 @@ def check_config(
     check_model(cfg)
     check_trainer(cfg, subcommand)
     check_retrieval(cfg, subcommand)
+    if subcommand == "fit":
+        check_prior_available(cfg)
     check_resources(cfg, subcommand)
     check_checkpoint(cfg, subcommand, records)
     check_recorded_meshes(cfg, subcommand, records)
