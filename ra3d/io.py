@@ -275,3 +275,28 @@ __all__ = [
     "write_json_atomic",
     "write_text_atomic",
 ]
+
+
+def build_folder_atomically(
+    folder: Path, build: Callable[[Path], None], marker: str, prefix: str
+) -> Path:
+    """``folder``, made by ``build(tmp)`` in a temporary folder beside it and renamed into place.
+
+    An interrupted build never leaves a half-written folder that a later run would take as
+    complete (``marker`` is the file whose presence means "complete"); when another process
+    finished the same folder first, its copy is kept. The temporary folder is always removed.
+    """
+    if (folder / marker).is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=prefix))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished first
+            if not (folder / marker).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -319,3 +319,27 @@ def test_export_to_a_full_disk_is_one_error_and_leaves_only_complete_files(
     for name, data in left.items():
         assert data == (reference / name).read_bytes(), name
     assert filler_left == filler_size  # the export touched nothing of what was there
+
+
+def test_build_folder_atomically_is_all_or_nothing(tmp_path: Path) -> None:
+    from ra3d.io import build_folder_atomically
+
+    target = tmp_path / "cache" / "model"
+    calls: list[Path] = []
+
+    def failing(tmp: Path) -> None:
+        (tmp / "half.bin").write_bytes(b"x")
+        raise OSError("interrupted")
+
+    with pytest.raises(OSError, match="interrupted"):
+        build_folder_atomically(target, failing, "done.json", ".model-")
+    assert not target.exists() and list((tmp_path / "cache").iterdir()) == []  # no temp left
+
+    def good(tmp: Path) -> None:
+        calls.append(tmp)
+        (tmp / "done.json").write_text("{}")
+
+    assert build_folder_atomically(target, good, "done.json", ".model-") == target
+    assert (target / "done.json").is_file() and len(calls) == 1
+    build_folder_atomically(target, good, "done.json", ".model-")  # complete: not built again
+    assert len(calls) == 1 and sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["model"]

@@ -132,27 +132,15 @@ def ensure_tiny_model(seed: int = 0, image_size: int = 64) -> Path:
     ``from_pretrained`` code as a real checkpoint. It is built in a temporary folder and renamed
     into place, so an interrupted build never leaves a half-written model behind.
     """
-    import shutil
-    import tempfile
-
     from ra3d.guidance.tiny import build_tiny_stable_diffusion
+    from ra3d.io import build_folder_atomically
 
-    cache = ra3d_cache_dir()
-    folder = cache / f"tiny-sd-s{seed}-{image_size}px"
-    if (folder / "model_index.json").is_file():
-        return folder
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tiny-sd-"))
-    try:
-        build_tiny_stable_diffusion(tmp, seed=seed, image_size=image_size)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished first
-            if not (folder / "model_index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return build_folder_atomically(
+        ra3d_cache_dir() / f"tiny-sd-s{seed}-{image_size}px",
+        lambda tmp: build_tiny_stable_diffusion(tmp, seed=seed, image_size=image_size),
+        marker="model_index.json",
+        prefix=".tiny-sd-",
+    )
 
 
 def resolve_model_path(name_or_path: str | os.PathLike, local_files_only: bool | None) -> str:

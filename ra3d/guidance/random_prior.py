@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ import torch
 
 from ra3d.errors import DiskFullError
 from ra3d.guidance.tiny import write_clip_tokenizer, write_model_index
+from ra3d.io import build_folder_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -202,8 +201,8 @@ def ensure_sd21_base_random(cache: Path, seed: int = 0) -> Path:
         "building %s (SD 2.1-base's architecture, random weights, %.1f GB) in %s; once only",
         RANDOM_MODEL_ID, FOLDER_BYTES / 1e9, folder,
     )  # fmt: skip
-    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".sd21-base-random-"))
-    try:
+
+    def build(tmp: Path) -> None:
         try:
             build_sd21_base_random(tmp, seed=seed)
         except OSError as err:
@@ -214,11 +213,5 @@ def ensure_sd21_base_random(cache: Path, seed: int = 0) -> Path:
                 f"{FOLDER_BYTES / 2**30:.1f} GiB): free some space there, or set RA3D_CACHE_DIR "
                 "to a folder on a larger disk"
             ) from err
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished first
-            if not (folder / "model_index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+    return build_folder_atomically(folder, build, "model_index.json", ".sd21-base-random-")

@@ -259,7 +259,7 @@ def _record_verified(path: Path, digest: str, stamps: dict) -> None:
         tmp = path / f"{VERIFIED_FILE}.{uuid.uuid4().hex[:8]}.partial"
         tmp.write_text(json.dumps({"digest": digest, "files": stamps}))
         os.replace(tmp, path / VERIFIED_FILE)
-    except OSError:
+    except OSError:  # a read-only cache: the next load hashes the files again (speed only)
         pass
 
 
