@@ -39,9 +39,17 @@ from ra3d.retrieval.records import AssetRecord, objaverse_path_uid
 
 logger = logging.getLogger(__name__)
 
-#: Largest mesh file a fetcher accepts (Objaverse's largest GLBs are a few hundred MB; a bigger
-#: file is refused before anything parses it).
-MAX_MESH_BYTES = 512 * 2**20
+
+def default_max_bytes() -> int:
+    """The largest mesh file a fetcher accepts: the mesh validator's file budget
+    (:class:`~ra3d.representations.components.mesh_files.MeshLimits`, 512 MiB unless
+    ``RA3D_MESH_MAX_BYTES`` says otherwise), so a file a fetcher hands on is never one the loader
+    would refuse for its size, and one variable sets both. Imported here, not at the top: the
+    representations package imports torch, which ``ra3d db import`` and ``db info`` never need."""
+    from ra3d.representations.components.mesh_files import MeshLimits
+
+    return MeshLimits.from_env().max_file_bytes
+
 
 DownloadFn = Callable[..., Mapping[str, str]]
 AnnotationsFn = Callable[[list[str]], Mapping[str, Mapping[str, Any]]]
@@ -124,7 +132,7 @@ class MirrorFetcher(MeshFetcher):
 
     name = "mirror"
 
-    def __init__(self, root: str | Path, max_bytes: int = MAX_MESH_BYTES) -> None:
+    def __init__(self, root: str | Path, max_bytes: int | None = None) -> None:
         root = Path(root).expanduser()
         for base in (root, root / "hf-objaverse-v1"):
             if (base / "glbs").is_dir():
@@ -137,7 +145,7 @@ class MirrorFetcher(MeshFetcher):
                 "objaverse package lays it out (e.g. ~/.objaverse/hf-objaverse-v1)"
             )
         self.root = root
-        self.max_bytes = int(max_bytes)
+        self.max_bytes = default_max_bytes() if max_bytes is None else int(max_bytes)
         self._groups: list[str] | None = None
         self._shards: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
@@ -279,13 +287,13 @@ class ObjaverseFetcher(MeshFetcher):
         download_fn: DownloadFn | None = None,
         annotations_fn: AnnotationsFn | None = None,
         download_processes: int = 1,
-        max_bytes: int = MAX_MESH_BYTES,
+        max_bytes: int | None = None,
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self._download_fn = download_fn
         self._annotations_fn = annotations_fn
         self.download_processes = max(1, int(download_processes))
-        self.max_bytes = int(max_bytes)
+        self.max_bytes = default_max_bytes() if max_bytes is None else int(max_bytes)
 
     def describe(self) -> str:
         return f"Objaverse downloads cached in {self.cache_dir}"
@@ -432,7 +440,7 @@ def mesh_availability(db: AssetDatabase, fetcher: MeshFetcher | None = None) -> 
 
 
 __all__ = [
-    "MAX_MESH_BYTES",
+    "default_max_bytes",
     "FetchResult",
     "FetchUnavailableError",
     "MeshFetcher",

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import trimesh
 
+from ra3d.io import format_bytes
+from ra3d.representations.components.mesh_files import MeshLimits
 from ra3d.retrieval.database import AssetDatabase, AssetRecord, ImportTransaction
 from ra3d.retrieval.fetch import (
     FetchUnavailableError,
@@ -55,6 +57,24 @@ def test_mirror_finds_meshes_with_or_without_their_objaverse_path(tmp_path: Path
     assert "over the 100 B limit" in small.fetch([record(UIDS[0])]).failed[UIDS[0]]
     with pytest.raises(MirrorNotFoundError, match="has no glbs/ folder"):
         MirrorFetcher(tmp_path)
+
+
+def test_fetchers_take_their_size_limit_from_the_mesh_validator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One budget for fetch and load: RA3D_MESH_MAX_BYTES sets both, and by default a fetcher
+    refuses exactly what MeshLimits refuses."""
+    base = tmp_path / "mirror"
+    path = glb(base / "glbs" / "000-001" / f"{UIDS[0]}.glb")
+    size = path.stat().st_size
+    monkeypatch.delenv("RA3D_MESH_MAX_BYTES", raising=False)
+    assert MirrorFetcher(base).max_bytes == MeshLimits().max_file_bytes
+    assert ObjaverseFetcher(tmp_path / "c").max_bytes == MeshLimits().max_file_bytes
+    monkeypatch.setenv("RA3D_MESH_MAX_BYTES", str(size - 1))
+    failed = MirrorFetcher(base).fetch([record(UIDS[0])]).failed[UIDS[0]]
+    assert f"over the {format_bytes(size - 1)} limit" in failed
+    monkeypatch.setenv("RA3D_MESH_MAX_BYTES", str(size))
+    assert MirrorFetcher(base).fetch([record(UIDS[0])]).paths == {UIDS[0]: path.resolve()}
 
 
 def test_mirror_reads_annotations_from_its_metadata_shards(tmp_path: Path) -> None:
