@@ -92,14 +92,27 @@ def test_test_subcommand_writes_a_turntable(tmp_path: Path) -> None:
     ]
 
 
-def test_chain_goes_from_prompt_to_textured_glb(tmp_path: Path, capsys) -> None:
+@pytest.fixture
+def python_default_signals():
+    """Python's own SIGINT/SIGTERM handlers for the test, whatever the runner inherited (a shell
+    starts background jobs with SIGINT ignored), and the inherited ones back afterwards."""
+    inherited = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for sig, handler in inherited.items():
+        signal.signal(sig, handler)
+
+
+def test_chain_goes_from_prompt_to_textured_glb(
+    tmp_path: Path, capsys, python_default_signals
+) -> None:
     configs = CONFIGS
     tiny = ("--trainer.max_steps 2 --trainer.val_check_interval 2 --trainer.limit_val_batches 1 "
             "--data.height 16 --data.width 16 --data.eval_height 16 --data.eval_width 16 "
             "--data.n_val_views 1 --trainer.enable_progress_bar false "
             "--model.retrieval.preview_size 16 --model.adaptation.n_views 10 "
             "--model.adaptation.steps 2 --model.adaptation.batch_size 2")  # fmt: skip
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     code = main(["chain", "--prompt", "a wooden chair", "--out", str(tmp_path), "--run-id", "r1",
                  "--coarse", str(configs / "demo.yaml"), "--fine", str(configs / "demo_fine.yaml"),
                  "--texture", str(configs / "demo_texture.yaml"), "--fit-args", tiny])  # fmt: skip
