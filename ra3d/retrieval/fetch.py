@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 from ra3d.errors import Ra3dError
 from ra3d.io import atomic_write, format_bytes
+from ra3d.representations.components.mesh_files import MeshLimits
 from ra3d.retrieval.database import MESH_CACHE_SUBDIR, AssetDatabase
 from ra3d.retrieval.records import AssetRecord, objaverse_path_uid
 
@@ -44,10 +45,7 @@ def default_max_bytes() -> int:
     """The largest mesh file a fetcher accepts: the mesh validator's file budget
     (:class:`~ra3d.representations.components.mesh_files.MeshLimits`, 512 MiB unless
     ``RA3D_MESH_MAX_BYTES`` says otherwise), so a file a fetcher hands on is never one the loader
-    would refuse for its size, and one variable sets both. Imported here, not at the top: the
-    representations package imports torch, which ``ra3d db import`` and ``db info`` never need."""
-    from ra3d.representations.components.mesh_files import MeshLimits
-
+    would refuse for its size, and one variable sets both."""
     return MeshLimits.from_env().max_file_bytes
 
 

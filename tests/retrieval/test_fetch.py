@@ -160,3 +160,19 @@ def test_mesh_availability_counts_what_is_local(tmp_path: Path) -> None:
     mirrored = mesh_availability(db, MirrorFetcher(tmp_path / "mirror"))
     assert mirrored["remote_local"] == 1
     assert isinstance(default_fetcher(db, mirror=tmp_path / "mirror"), MirrorFetcher)
+
+
+def test_a_mirror_fetcher_does_not_import_torch(tmp_path: Path) -> None:
+    """`ra3d db info` and `db import --mirror` build a fetcher; reading the mesh size limit from
+    the validator must not pull in torch (a few seconds per command)."""
+    import subprocess
+
+    glb(tmp_path / "glbs" / "000-001" / f"{UIDS[0]}.glb")
+    code = (
+        "import sys\nfrom ra3d.retrieval.fetch import MirrorFetcher\n"
+        f"f = MirrorFetcher({str(tmp_path)!r})\n"
+        "print(f.max_bytes, 'TORCH' if 'torch' in sys.modules else 'LIGHT')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(MeshLimits().max_file_bytes), "LIGHT"]
